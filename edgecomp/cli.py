@@ -1,0 +1,200 @@
+"""The `edgecomp` command: export, run, bench, report, compress, targets, models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local folders only
+
+from .quiet import quiet_third_party
+
+quiet_third_party()  # before anything imports torch/transformers: users read our progress, not library logs
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EdgecompError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress transformer models for small devices, export them per target, and measure the result.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(e: EdgecompError) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _progress():
+    import time
+
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        from rich.markup import escape
+
+        console.print(f"[dim]{time.time() - t0:6.1f}s[/] {escape(msg)}", highlight=False)
+
+    return log
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="reference model name (see `edgecomp models`) or a local Hugging Face directory"),
+    target: str = typer.Option("cpu-x86", "--target", "-t", help="target profile (see `edgecomp targets`)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output folder (default out/<model>-<target>)"),
+    recipe: str = typer.Option("none", "--recipe", "-r", help="compression recipe from the model file"),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="text file (one per line) for verification and calibration"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    no_bench: bool = typer.Option(False, "--no-bench", help="verify fidelity but skip latency and memory"),
+    custom_ops: bool = typer.Option(False, "--custom-ops", help="emit compressed layers as edgecomp.* ONNX functions"),
+    early_exit: bool = typer.Option(False, "--early-exit", help="export as stages with confident early exits"),
+    max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="early exit: accuracy budget in points"),
+):
+    """Export MODEL for a target: every artifact the device needs, verified, measured, with manifest and report."""
+    from .pipeline import ExportOptions, export as run_export
+    from .texts import read_texts
+
+    try:
+        opts = ExportOptions(recipe=recipe, texts=read_texts(texts) if texts else None, bench=not no_bench,
+                             custom_ops=custom_ops, early_exit=early_exit, max_accuracy_drop=max_accuracy_drop)
+        dest = output or Path("out") / f"{Path(model).name}-{target}"
+        manifest = run_export(model, target, dest, opts, force=force, log=_progress())
+    except EdgecompError as e:
+        _fail(e)
+    _print_artifacts(manifest)
+    out.print(f"wrote {dest}/manifest.json and {dest}/report.md")
+
+
+def _print_artifacts(manifest: dict) -> None:
+    t = Table(title=f"{manifest['model']['name']} -> {manifest['target']['name']} (recipe {manifest['recipe']['name']})")
+    for col in ("artifact", "precision", "MB", "cos mean", "cos worst", "p50 ms 1thr", "peak RSS MB"):
+        t.add_column(col)
+    for a in manifest["artifacts"]:
+        m = a.get("metrics", {})
+        f = m.get("fidelity", {})
+        lat = m.get("latency_ms") or {}
+        t.add_row(a["path"], a["precision"], f"{a['size_bytes'] / 1e6:.1f}", f"{f.get('cos_mean', float('nan')):.4f}",
+                  f"{f.get('cos_min', float('nan')):.4f}", str(lat.get("p50", "—")), str(m.get("peak_rss_mb") or "—"))
+    out.print(t)
+
+
+@app.command()
+def run(
+    artifact: Path = typer.Argument(..., help="an export folder (its primary artifact) or one .onnx/.ort/.tflite in it"),
+    input: Path = typer.Option(..., "--input", "-i", help="text file, one text per line"),
+    output: Path = typer.Option(Path("-"), "--output", "-o", help="JSON lines output (default stdout)"),
+    threads: int = typer.Option(1, "--threads"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+):
+    """Run an exported artifact on its runtime over a text file; one JSON object per line."""
+    from .infer import run_file
+
+    try:
+        run_file(artifact, input, output, threads=threads, batch_size=batch_size)
+    except EdgecompError as e:
+        _fail(e)
+
+
+@app.command()
+def bench(
+    export_dir: Path = typer.Argument(..., help="a folder written by `edgecomp export`"),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="arm64: also measure under qemu-aarch64"),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="text file for fidelity (default: built-in sentences)"),
+):
+    """Re-measure every artifact of an export (fidelity, latency, RSS; ARM64 under emulation) and update its manifest."""
+    from .benchmark import bench_export
+
+    try:
+        manifest = bench_export(export_dir, target=target, texts_file=texts, log=_progress())
+    except EdgecompError as e:
+        _fail(e)
+    _print_artifacts(manifest)
+
+
+@app.command()
+def report(export_dir: Path = typer.Argument(..., help="a folder written by `edgecomp export`")):
+    """Rewrite OUT/report.md (and the size plot) from OUT/manifest.json and print it."""
+    from .manifest import read_manifest
+    from .report import write_report
+
+    try:
+        p = write_report(read_manifest(export_dir), export_dir)
+    except EdgecompError as e:
+        _fail(e)
+    out.print(p.read_text(), markup=False, highlight=False)
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="reference model name or local Hugging Face directory"),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="recipe from the model file"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder for the compressed PyTorch model + report"),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="calibration text file"),
+    force: bool = typer.Option(False, "--force"),
+):
+    """Compress a model with a recipe and save the PyTorch result (no export)."""
+    from .compress import Calibration, compress_model
+    from .manifest import staged_output_dir, write_json_atomic
+    from .models import load_model, resolve_model
+    from .texts import default_texts, read_texts
+
+    log = _progress()
+    try:
+        spec = resolve_model(model)
+        rec = spec.recipe(recipe)
+        with staged_output_dir(output, force) as build:
+            log(f"load: {spec.name}")
+            loaded = load_model(spec)
+            log(f"compress: recipe {recipe!r}")
+            rep = compress_model(loaded.model, rec.steps,
+                                 Calibration(loaded.tokenizer, read_texts(texts) if texts else default_texts()))
+            loaded.model.save_pretrained(build)
+            loaded.tokenizer.save_pretrained(build)
+            write_json_atomic(build / "compression.json", rep)
+    except EdgecompError as e:
+        _fail(e)
+    out.print(json.dumps(rep, indent=2)[:4000])
+
+
+@app.command()
+def targets():
+    """List target profiles (targets/*.toml)."""
+    from .targets import list_targets
+
+    t = Table(title="targets")
+    for col in ("name", "artifacts", "runtimes", "description"):
+        t.add_column(col)
+    for tg in list_targets():
+        arts = ", ".join(f"{a.filename} ({a.precision})" for a in tg.artifacts)
+        t.add_row(tg.name, arts, ", ".join(sorted(tg.runtimes())), tg.description)
+    out.print(t)
+
+
+@app.command()
+def models():
+    """List reference models (models/*.toml) and their recipes."""
+    from .models import list_models
+
+    t = Table(title="reference models")
+    for col in ("name", "task", "recipes", "description"):
+        t.add_column(col)
+    for m in list_models():
+        t.add_row(m.name, m.task, ", ".join(sorted(m.recipes)) or "none", m.description)
+    out.print(t)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

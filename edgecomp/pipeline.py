@@ -1,0 +1,265 @@
+"""``edgecomp export``: load -> compress -> lower -> simplify -> quantize -> convert -> verify -> bench
+-> manifest + report.
+
+Each artifact format is a producer registered in ``PRODUCERS`` (a pass, in Olive's terms); a target
+file lists the artifacts it wants and the pipeline runs the matching producers. Everything is built in
+a temporary folder that is renamed to OUT only when every artifact was produced and verified.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .bench.fidelity import ReferenceSet, check_tolerance, measure_fidelity
+from .bench.latency import benchmark_feeds, latency_block
+from .bench.memory import peak_rss_mb
+from .bench.size import onnx_size_breakdown, torch_size_breakdown
+from .errors import EdgecompError
+from .manifest import MANIFEST, sha256, staged_output_dir, write_json_atomic
+from .models import LoadedModel, load_model, resolve_model
+from .registry import Registry
+from .targets import ArtifactSpec, TargetSpec, load_target
+from .tasks import TASKS
+from .texts import default_texts, read_texts
+
+# Python modules each runtime / converter needs, and how to get them.
+RUNTIME_REQUIREMENTS = {
+    "onnxruntime": (["onnxruntime"], 'pip install -e .'),
+    "litert": (["ai_edge_litert", "litert_torch"], 'pip install -e ".[android]"'),
+}
+TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
+
+
+def check_runtimes(target: TargetSpec) -> None:
+    for rt in sorted(target.runtimes()):
+        mods, fix = RUNTIME_REQUIREMENTS.get(rt, ([], ""))
+        missing = [m for m in mods if importlib.util.find_spec(m) is None]
+        if missing:
+            raise EdgecompError(f"target {target.name!r} needs the {rt} runtime, but {', '.join(missing)} is not installed",
+                                f"run `{fix}`")
+
+
+@dataclass
+class ExportOptions:
+    recipe: str = "none"
+    texts: list[str] | None = None  # fidelity/calibration texts; None = built-in sentences
+    bench: bool = True
+    custom_ops: bool = False
+    early_exit: bool = False
+    max_accuracy_drop: float = 1.0
+
+
+@dataclass
+class BuildContext:
+    """What producers share while one export is built."""
+
+    loaded: LoadedModel
+    task: object
+    target: TargetSpec
+    options: ExportOptions
+    out: Path  # the temporary build folder (renamed to OUT at the end)
+    work: Path  # scratch inside it, removed before the rename
+    log: Callable[[str], None]
+    keep_factorized: bool = False
+    produced: dict = field(default_factory=dict)  # (format, precision) -> path
+    onnx_io: dict = field(default_factory=dict)
+
+    def fp32_onnx(self) -> Path:
+        """The simplified fp32 ONNX graph of the (compressed) model, exported once per build."""
+        key = ("onnx-work", "fp32")
+        if key not in self.produced:
+            from .lower.onnx import export_model_onnx
+            from .optimize.simplify import simplify_onnx
+
+            raw = self.work / "raw.onnx"
+            self.log("lower: PyTorch -> ONNX")
+            self.onnx_io = export_model_onnx(self.loaded.model, self.task, raw, self.target.opset)
+            if self.options.custom_ops:
+                from .compress.functions import wrap_as_functions  # compression methods -> edgecomp.* functions
+
+                wrap_as_functions(raw, raw)
+            self.log("simplify: onnxslim")
+            simplified = self.work / "fp32.onnx"
+            self.onnx_io["simplify"] = simplify_onnx(raw, simplified, keep_factorized=self.keep_factorized)
+            self.produced[key] = simplified
+        return self.produced[key]
+
+
+PRODUCERS: Registry[Callable[[BuildContext, ArtifactSpec], tuple[Path, dict]]] = Registry("artifact format")
+
+
+@PRODUCERS.register("onnx")
+def produce_onnx(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
+    src = ctx.fp32_onnx()
+    dst = ctx.out / spec.filename
+    info = {"exporter": ctx.onnx_io.get("exporter"), "simplify": ctx.onnx_io.get("simplify")}
+    if spec.precision == "fp32":
+        shutil.copy(src, dst)
+    else:
+        from .optimize.quantize import quantize_onnx
+
+        ctx.log(f"quantize: {spec.quantization} -> {spec.filename}")
+        info["quantization"] = quantize_onnx(src, dst, spec.quantization or "dynamic-per-channel",
+                                             **({"block_size": spec.options["block_size"]} if "block_size" in spec.options else {}))
+    return dst, info
+
+
+@PRODUCERS.register("ort")
+def produce_ort(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
+    from .optimize.ort_format import to_ort_format
+
+    src = ctx.produced.get(("onnx", spec.precision))
+    if src is None:  # the target did not ask for the .onnx itself: build it in scratch
+        src, _ = produce_onnx(ctx, ArtifactSpec(**{**vars(spec), "format": "onnx", "name": "ort-src"}))
+        src = Path(shutil.move(src, ctx.work / src.name))
+    ctx.log(f"convert: ORT format -> {spec.filename}")
+    staged = ctx.work / f"{spec.name}.onnx"
+    if staged != src:
+        shutil.copy(src, staged)
+    ort_path, cfg = to_ort_format(staged, ctx.out)
+    return ort_path, {"derived_from": src.name, "required_operators_config": cfg.name}
+
+
+@PRODUCERS.register("tflite")
+def produce_tflite(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
+    from .lower.tflite import export_tflite
+    from .lower.wrap import PositionalModel
+
+    ctx.fp32_onnx()  # the input names come from the ONNX export, so both formats take the same inputs
+    names = ctx.onnx_io["inputs"]
+    outputs = ctx.task.output_names
+    buckets = spec.seq_buckets or (ctx.target.bench.seq_len,)
+    ctx.log(f"convert: litert-torch -> {spec.filename} (buckets {list(buckets)}, {spec.quantization or 'fp32'})")
+    module = PositionalModel(ctx.loaded.model, names, outputs).eval()
+    dst = ctx.out / spec.filename
+    info = export_tflite(module, names, outputs, dst, buckets, spec.quantization)
+    return dst, info
+
+
+def _host() -> dict:
+    import onnxruntime
+
+    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__}
+    try:
+        from importlib.metadata import version
+
+        info["ai_edge_litert"] = version("ai-edge-litert")
+    except Exception:
+        pass
+    return info
+
+
+def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: LoadedModel, target: TargetSpec,
+                     bench: bool, log: Callable[[str], None]) -> dict:
+    """Verify one artifact against PyTorch and (optionally) measure its latency and fresh-process RSS."""
+    from .runtime import open_artifact
+
+    runner = open_artifact(path, threads=2)
+    record["inputs"], record["outputs"] = runner.input_names, runner.output_names
+    log(f"verify: {path.name} vs PyTorch fp32 on {len(ref.texts)} texts")
+    metrics = {"fidelity": measure_fidelity(runner, ref), "peak_rss_mb": None, "latency_ms": None}
+    del runner
+    if bench:
+        b = target.bench
+        feeds = benchmark_feeds(loaded.tokenizer, ref.texts, b.batch, b.seq_len, record["inputs"])
+        log(f"bench: {path.name} latency (threads {list(b.threads)}) and peak RSS")
+        metrics["latency_ms"] = latency_block(path, feeds, b.threads, b.warmup, b.runs)
+        metrics["peak_rss_mb"] = peak_rss_mb(path, feeds, threads=1)
+    return metrics
+
+
+def export(model: str, target_name: str, out_dir: Path, options: ExportOptions | None = None, force: bool = False,
+           log: Callable[[str], None] = lambda s: None) -> dict:
+    options = options or ExportOptions()
+    t_start = time.time()
+    spec = resolve_model(model)
+    target = load_target(target_name)
+    recipe = spec.recipe(options.recipe)
+    check_runtimes(target)
+    task = TASKS.get(spec.task)
+    texts = options.texts or default_texts()
+
+    with staged_output_dir(out_dir, force) as build:
+        work = build / ".work"
+        work.mkdir()
+        log(f"load: {spec.name}")
+        loaded = load_model(spec)
+        n_params = loaded.n_params
+        ref_breakdown = torch_size_breakdown(loaded.model)
+        log(f"reference: PyTorch fp32 outputs on {len(texts)} texts")
+        ref = ReferenceSet(loaded, task, texts)
+
+        compression = None
+        if recipe.steps:
+            from .compress import Calibration, compress_model
+
+            log(f"compress: recipe {recipe.name!r} ({len(recipe.steps)} steps)")
+            compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts))
+        ctx = BuildContext(loaded, task, target, options, build, work, log,
+                           keep_factorized=bool(recipe.options.get("keep_factorized", False)))
+
+        records = []
+        for art in target.artifacts:
+            path, info = PRODUCERS.get(art.format)(ctx, art)
+            ctx.produced[(art.format, art.precision)] = path
+            rec = {"path": path.name, "format": art.format, "runtime": art.runtime, "precision": art.precision,
+                   "quantization": art.quantization, "primary": art.primary}
+            if art.seq_buckets:
+                rec["seq_buckets"] = list(art.seq_buckets)
+            rec.update({k: v for k, v in info.items() if k not in rec})
+            rec["metrics"] = measure_artifact(path, rec, ref, loaded, target, options.bench, log)
+            miss = check_tolerance(rec["metrics"]["fidelity"], target.tolerance)
+            if miss:
+                raise EdgecompError(
+                    f"{path.name} ({art.precision}, recipe {recipe.name!r}) misses the {target.name} target's tolerance: {miss}",
+                    "use a milder recipe or precision, or relax [tolerance] in the target file",
+                )
+            records.append(rec)
+
+        shutil.rmtree(work)
+        for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT
+            if (loaded.directory / name).exists():
+                shutil.copy(loaded.directory / name, build / name)
+        for rec in records:  # hash last: the files are final now
+            p = build / rec["path"]
+            rec["size_bytes"] = p.stat().st_size
+            rec["sha256"] = sha256(p)
+        breakdown = {"pytorch-fp32": ref_breakdown}
+        for rec in records:
+            if rec["format"] == "onnx":
+                breakdown[rec["path"]] = onnx_size_breakdown(build / rec["path"])
+        manifest = {
+            "edgecomp_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {**spec.to_json(), "params": n_params, "pooling": spec.pooling, "normalize": spec.normalize},
+            "target": target.to_json(),
+            "recipe": recipe.to_json(),
+            "reference": {"format": "pytorch", "precision": "fp32", "size_bytes": ref_breakdown["total"]},
+            "artifacts": _order_records(records),
+            "size_breakdown": breakdown,
+            "host": _host(),
+            "build_seconds": round(time.time() - t_start, 1),
+        }
+        if compression:
+            manifest["compression"] = compression
+        write_json_atomic(build / MANIFEST, manifest)
+        from .report import write_report
+
+        write_report(manifest, build)
+    return manifest
+
+
+def _order_records(records: list[dict]) -> list[dict]:
+    """Primary artifact first (what `edgecomp run OUT` uses); each record says whether it is primary."""
+    return sorted(records, key=lambda r: not r.get("primary"))

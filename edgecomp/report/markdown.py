@@ -1,0 +1,126 @@
+"""Render a manifest as Markdown, plus a size-breakdown plot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..bench.size import COMPONENTS
+
+
+def _mb(n: int | float | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.1f}"
+
+
+def _fmt(v, nd=4) -> str:
+    return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def render(manifest: dict) -> str:
+    m, t = manifest["model"], manifest["target"]
+    lines = [
+        f"# edgecomp export: {m['name']} for {t['name']}",
+        "",
+        f"- model: `{m['name']}` ({m['task']}, {m['params']:,} parameters), source `{m['source']}`",
+        f"- target: `{t['name']}` — {t.get('description', '')}",
+        f"- recipe: `{manifest['recipe']['name']}` — {manifest['recipe'].get('description', '')}",
+        f"- edgecomp {manifest['edgecomp_version']}, {manifest.get('created', '')}",
+        f"- measured on: {manifest.get('host', {}).get('machine', '?')} ({manifest.get('host', {}).get('cpus', '?')} CPUs); "
+        "all latency and memory figures below are from this machine, not a device.",
+        "",
+        "## Artifacts",
+        "",
+        "| file | format | runtime | precision | MB | vs fp32 PyTorch | peak RSS MB | p50 ms (1 thr) | p50 ms (2 thr) | cos mean | cos worst | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ref_bytes = manifest.get("reference", {}).get("size_bytes")
+    for a in manifest["artifacts"]:
+        met = a.get("metrics", {})
+        lat = met.get("latency_ms") or {}
+        th = lat.get("threads", {})
+        fid = met.get("fidelity", {})
+        ratio = f"{a['size_bytes'] / ref_bytes:.2f}x" if ref_bytes else "—"
+        lines.append(
+            f"| `{a['path']}` | {a['format']} | {a['runtime']} | {a['precision']} | {_mb(a['size_bytes'])} | {ratio} | "
+            f"{_fmt(met.get('peak_rss_mb'), 1)} | {_fmt(th.get('1', {}).get('p50'), 2)} | {_fmt(th.get('2', {}).get('p50'), 2)} | "
+            f"{_fmt(fid.get('cos_mean'))} | {_fmt(fid.get('cos_min'))} | {_fmt(fid.get('max_abs_diff'))} |"
+        )
+    lat0 = next((a["metrics"].get("latency_ms") for a in manifest["artifacts"] if a.get("metrics", {}).get("latency_ms")), None)
+    if lat0:
+        lines += ["", f"Latency: batch {lat0['batch']}, sequence {lat0['seq_len']}, median (p50) of {next(iter(lat0['threads'].values()))['runs']} runs after warm-up."]
+    fid0 = next((a["metrics"].get("fidelity") for a in manifest["artifacts"] if a.get("metrics", {}).get("fidelity")), None)
+    if fid0:
+        lines.append(f"Fidelity: each artifact run on its runtime vs the uncompressed PyTorch fp32 model on {fid0['n_texts']} texts.")
+    sb = manifest.get("size_breakdown")
+    if sb:
+        lines += ["", "## Size breakdown", "", "| component | " + " | ".join(sb) + " |", "|---|" + "---|" * len(sb)]
+        for c in (*COMPONENTS, "graph_and_metadata", "total"):
+            lines.append(f"| {c} | " + " | ".join(_mb(v.get(c)) + " MB" for v in sb.values()) + " |")
+        if Path(manifest.get("_dir", "."), "size_breakdown.png").exists():
+            lines += ["", "![size breakdown](size_breakdown.png)"]
+    for a in manifest["artifacts"]:
+        if a.get("arm64"):
+            lines += _arm64_section(manifest)
+            break
+    for a in manifest["artifacts"]:
+        if a.get("mobile_check"):
+            lines += ["", f"## Mobile partitioning check (`{a['path']}`)", "", "```", str(a["mobile_check"]), "```"]
+    for key in ("compression", "early_exit", "generation"):
+        if manifest.get(key):
+            lines += ["", f"## {key.replace('_', ' ').title()}", "", "```json", _json(manifest[key]), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _arm64_section(manifest: dict) -> list[str]:
+    out = ["", "## ARM64 (emulated: qemu-aarch64, not real hardware)", "",
+           "Instruction counts and guest memory are exact properties of the aarch64 code path; emulated wall time is not reported because it is not device latency.",
+           "", "| file | core | max abs diff vs x86 | instructions / inference | guest peak RSS MB |", "|---|---|---|---|---|"]
+    for a in manifest["artifacts"]:
+        b = a.get("arm64")
+        if b:
+            ins = b.get("instructions_per_inference")
+            out.append(f"| `{a['path']}` | {b.get('emulated_cpu')} | {_fmt(b.get('max_abs_diff'), 7)} | "
+                       f"{ins:,} | {_fmt(b.get('guest_peak_rss_mb'), 1)} |" if ins is not None else f"| `{a['path']}` | — | — | — | — |")
+    return out
+
+
+def _json(d) -> str:
+    import json
+
+    return json.dumps(d, indent=2)[:6000]
+
+
+def plot_size_breakdown(manifest: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sb = manifest["size_breakdown"]
+    names = list(sb)
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * len(names)))
+    left = [0.0] * len(names)
+    for c in (*COMPONENTS, "graph_and_metadata"):
+        vals = [sb[n].get(c, 0) / 1e6 for n in names]
+        ax.barh(names, vals, left=left, label=c.replace("_", " "))
+        left = [l + v for l, v in zip(left, vals)]
+    ax.set_xlabel("MB")
+    ax.set_title(f"{manifest['model']['name']} on {manifest['target']['name']}: where the bytes go")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def write_report(manifest: dict, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    if manifest.get("size_breakdown"):
+        plot_size_breakdown(manifest, out_dir / "size_breakdown.png")
+    text = render({**manifest, "_dir": str(out_dir)})
+    p = out_dir / "report.md"
+    tmp = p.with_name(".report.md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+    return p

@@ -1,0 +1,48 @@
+"""ONNX Runtime runner for .onnx and .ort (ORT format) files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgecompError
+from . import RUNNERS
+
+_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+
+
+class OrtRunner:
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = path
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            first = str(e).splitlines()[0][:200]
+            raise EdgecompError(
+                f"ONNX Runtime cannot load {path.name} ({first})",
+                "the file is corrupt or truncated: re-run `edgecomp export` to rebuild it",
+            ) from None
+        self.inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in self.inputs]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.int64) for i in self.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        f = {k: np.asarray(feeds[k], dtype=self._dtypes[k]) for k in self.input_names if k in feeds}
+        missing = [k for k in self.input_names if k not in f]
+        if missing:
+            raise EdgecompError(f"{self.path.name} needs inputs {missing}", "feed every input the artifact declares")
+        outs = self.session.run(None, f)
+        return dict(zip(self.output_names, outs))
+
+
+RUNNERS.register("onnx")(OrtRunner)
+RUNNERS.register("ort")(OrtRunner)

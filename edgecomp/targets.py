@@ -1,0 +1,150 @@
+"""Target profiles: data files in targets/*.toml. Adding a target is adding a file."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EdgecompError
+from .paths import targets_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FORMATS = ("onnx", "ort", "tflite")
+RUNTIMES = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "litert"}
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """One file a target wants: its format, runtime and precision."""
+
+    name: str
+    format: str
+    runtime: str
+    precision: str  # fp32 | int8 | int4
+    quantization: str | None = None  # dynamic-per-channel | dynamic-per-tensor | dynamic-int8 | block-int4
+    primary: bool = False
+    source: str | None = None  # "onnx": derived from the onnx artifact of the same precision
+    seq_buckets: tuple[int, ...] = ()
+    options: dict = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.{self.format}"
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    batch: int = 1
+    seq_len: int = 128
+    threads: tuple[int, ...] = (1, 2)
+    warmup: int = 5
+    runs: int = 30
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    cos_mean: float = 0.99
+    cos_min: float = 0.95
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    description: str
+    opset: int
+    artifacts: tuple[ArtifactSpec, ...]
+    tolerance: Tolerance
+    bench: BenchSpec
+    emulated_cpu: str | None = None
+    path: Path | None = None
+
+    @property
+    def primary(self) -> ArtifactSpec:
+        for a in self.artifacts:
+            if a.primary:
+                return a
+        return self.artifacts[-1]
+
+    def runtimes(self) -> set[str]:
+        return {a.runtime for a in self.artifacts}
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "opset": self.opset,
+            "formats": [a.format for a in self.artifacts],
+            "runtimes": sorted(self.runtimes()),
+            "tolerance": vars(self.tolerance),
+            "bench": {**vars(self.bench), "threads": list(self.bench.threads)},
+            "emulated_cpu": self.emulated_cpu,
+            "file": str(self.path) if self.path else None,
+        }
+
+
+def _parse(path: Path) -> TargetSpec:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise EdgecompError(f"target file {path} cannot be read ({e})", "fix the TOML syntax") from None
+    arts = []
+    for a in raw.get("artifacts", []):
+        fmt = a.get("format")
+        if fmt not in FORMATS:
+            raise EdgecompError(f"target {path.name}: unknown artifact format {fmt!r}", f"use one of {FORMATS}")
+        known = {"name", "format", "runtime", "precision", "quantization", "primary", "from", "seq_buckets"}
+        arts.append(
+            ArtifactSpec(
+                name=a.get("name", "model"),
+                format=fmt,
+                runtime=a.get("runtime", RUNTIMES[fmt]),
+                precision=a.get("precision", "fp32"),
+                quantization=a.get("quantization"),
+                primary=bool(a.get("primary", False)),
+                source=a.get("from"),
+                seq_buckets=tuple(a.get("seq_buckets", ())),
+                options={k: v for k, v in a.items() if k not in known},
+            )
+        )
+    if not arts:
+        raise EdgecompError(f"target {path.name} lists no [[artifacts]]", "add at least one [[artifacts]] table")
+    b = raw.get("bench", {})
+    return TargetSpec(
+        name=raw.get("name", path.stem),
+        description=raw.get("description", ""),
+        opset=int(raw.get("opset", 17)),
+        artifacts=tuple(arts),
+        tolerance=Tolerance(**raw.get("tolerance", {})),
+        bench=BenchSpec(
+            batch=b.get("batch", 1),
+            seq_len=b.get("seq_len", 128),
+            threads=tuple(b.get("threads", (1, 2))),
+            warmup=b.get("warmup", 5),
+            runs=b.get("runs", 30),
+        ),
+        emulated_cpu=raw.get("emulated_cpu"),
+        path=path,
+    )
+
+
+def list_targets() -> list[TargetSpec]:
+    return [_parse(p) for p in sorted(targets_dir().glob("*.toml"))]
+
+
+def load_target(name_or_path: str) -> TargetSpec:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return _parse(p)
+    cand = targets_dir() / f"{name_or_path}.toml"
+    if cand.exists():
+        return _parse(cand)
+    known = ", ".join(t.name for t in list_targets()) or "none found"
+    raise EdgecompError(
+        f"unknown target {name_or_path!r}",
+        f"use one of: {known} (see `edgecomp targets`), or pass a path to a target .toml",
+    )

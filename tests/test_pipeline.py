@@ -1,0 +1,202 @@
+"""The export pipeline on a tiny random BERT: manifest contract, verification, `run`, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgecomp.cli import app
+from edgecomp.manifest import sha256
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_bert_dir, fast_target, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "tiny-x86"
+    res = runner.invoke(app, ["export", str(tiny_bert_dir), "--target", str(fast_target), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def torch_embeddings(model_dir: Path, texts: list[str]) -> np.ndarray:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    m = enc["attention_mask"][..., None].float()
+    e = (h * m).sum(1) / m.sum(1)
+    return torch.nn.functional.normalize(e, dim=-1).numpy()
+
+
+def test_manifest_contract(tiny_export):
+    m = json.loads((tiny_export / "manifest.json").read_text())
+    assert m["edgecomp_version"]
+    assert {"name", "source", "task", "params"} <= set(m["model"])
+    assert m["model"]["task"] == "feature-extraction"
+    assert m["target"]["name"] == "cpu-x86-fast"
+    assert m["recipe"]["name"] == "none"
+    assert [a["path"] for a in m["artifacts"]] == ["model.onnx", "model-fp32.onnx"]  # primary first
+    for a in m["artifacts"]:
+        p = tiny_export / a["path"]
+        assert a["size_bytes"] == p.stat().st_size
+        assert a["sha256"] == sha256(p)
+        assert a["format"] == "onnx" and a["runtime"] == "onnxruntime"
+        assert a["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+        assert a["outputs"][0] == "last_hidden_state"
+        met = a["metrics"]
+        assert met["peak_rss_mb"] > 10
+        assert met["latency_ms"]["p50"] > 0 and set(met["latency_ms"]["threads"]) == {"1", "2"}
+        assert met["fidelity"]["n_texts"] == 240
+    fp32 = next(a for a in m["artifacts"] if a["precision"] == "fp32")
+    int8 = next(a for a in m["artifacts"] if a["precision"] == "int8")
+    assert fp32["metrics"]["fidelity"]["cos_min"] > 0.9999
+    assert fp32["metrics"]["fidelity"]["max_abs_diff"] < 1e-3
+    assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
+    sb = m["size_breakdown"]["model-fp32.onnx"]
+    assert sb["token_embeddings"] > 0 and sb["attention"] > 0 and sb["feed_forward"] > 0
+    # 1000 x 64 fp32 table = 256,000 bytes
+    assert sb["token_embeddings"] == 1000 * 64 * 4
+    assert (tiny_export / "report.md").read_text().startswith("# edgecomp export")
+    assert not list(tiny_export.parent.glob(".tiny-x86.tmp-*")), "temporary build folder left behind"
+
+
+def test_onnx_loads_with_optimum(tiny_export):
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+
+    m = ORTModelForFeatureExtraction.from_pretrained(tiny_export, file_name="model-fp32.onnx")
+    assert m is not None
+
+
+@pytest.mark.parametrize("artifact", ["", "model.onnx", "model-fp32.onnx"])
+def test_run_matches_pytorch_on_unseen_text(tiny_export, tiny_bert_dir, unseen_texts, tmp_path, artifact):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(unseen_texts) + "\n")
+    dst = tmp_path / "emb.jsonl"
+    res = runner.invoke(app, ["run", str(tiny_export / artifact), "--input", str(src), "--output", str(dst)])
+    assert res.exit_code == 0, res.output
+    got = np.array([json.loads(ln)["embedding"] for ln in dst.read_text().splitlines()])
+    ref = torch_embeddings(tiny_bert_dir, unseen_texts)
+    cos = (got * ref).sum(-1)
+    assert got.shape == ref.shape
+    floor = 0.9999 if artifact == "model-fp32.onnx" else 0.97  # tiny random models quantize worse than MiniLM
+    assert cos.mean() > floor
+
+
+def test_bench_updates_manifest(tiny_export):
+    before = json.loads((tiny_export / "manifest.json").read_text())
+    res = runner.invoke(app, ["bench", str(tiny_export)])
+    assert res.exit_code == 0, res.output
+    after = json.loads((tiny_export / "manifest.json").read_text())
+    assert [a["sha256"] for a in after["artifacts"]] == [a["sha256"] for a in before["artifacts"]]
+    assert after["artifacts"][0]["metrics"]["fidelity"]["cos_mean"] == pytest.approx(
+        before["artifacts"][0]["metrics"]["fidelity"]["cos_mean"], abs=1e-5)
+
+
+# --- bad input: one line naming problem and fix, non-zero exit, no half-written output -------------------
+
+
+def _fails(args, *needles):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    line = res.output.strip().splitlines()[-1]  # progress lines may precede it
+    assert line.startswith("error:") and "Fix:" in line and "\nTraceback" not in line, line
+    for n in needles:
+        assert n in line, line
+    return line
+
+
+def test_unknown_target(tiny_bert_dir, tmp_path):
+    _fails(["export", str(tiny_bert_dir), "--target", "pager", "-o", str(tmp_path / "o")], "unknown target", "android")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_model(tmp_path):
+    _fails(["export", "no-such-model", "-o", str(tmp_path / "o")], "unknown model", "all-minilm-l6-v2")
+
+
+def test_missing_model_dir(tmp_path):
+    _fails(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "o")], "does not exist")
+
+
+def test_dir_without_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    _fails(["export", str(tmp_path / "m"), "-o", str(tmp_path / "o")], "no config.json")
+
+
+def test_corrupt_model_dir(tiny_bert_dir, fast_target, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bert_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    _fails(["export", str(bad), "--target", str(fast_target), "-o", str(tmp_path / "o")], "cannot load the model")
+    assert not (tmp_path / "o").exists()
+    assert not list(tmp_path.glob(".o.tmp-*"))
+
+
+def test_existing_output_needs_force(tiny_bert_dir, fast_target, tmp_path):
+    (tmp_path / "o").mkdir()
+    _fails(["export", str(tiny_bert_dir), "--target", str(fast_target), "-o", str(tmp_path / "o")], "--force")
+
+
+def test_unwritable_output(tiny_bert_dir, fast_target, tmp_path):
+    (tmp_path / "file").write_text("x")
+    _fails(["export", str(tiny_bert_dir), "--target", str(fast_target), "-o", str(tmp_path / "file" / "o")], "cannot write")
+
+
+def test_unknown_recipe(tiny_bert_dir, tmp_path):
+    _fails(["export", "all-minilm-l6-v2", "--recipe", "tiniest", "-o", str(tmp_path / "o")], "no recipe")
+
+
+def test_missing_runtime(tiny_bert_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ai_edge_litert" else real(n, *a))
+    _fails(["export", str(tiny_bert_dir), "--target", "android", "-o", str(tmp_path / "o")], "ai_edge_litert", ".[android]")
+
+
+def test_corrupt_onnx_to_run_and_bench(tiny_export, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_export, broken)
+    data = (broken / "model.onnx").read_bytes()
+    (broken / "model.onnx").write_bytes(data[: len(data) // 3])
+    (tmp_path / "in.txt").write_text("hello world\n")
+    _fails(["run", str(broken), "--input", str(tmp_path / "in.txt")], "model.onnx", "re-run `edgecomp export`")
+    _fails(["bench", str(broken)], "sha256", "re-run `edgecomp export`")
+
+
+def test_empty_text_file(tiny_export, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    _fails(["run", str(tiny_export), "--input", str(tmp_path / "empty.txt")], "is empty")
+
+
+def test_not_an_export(tmp_path):
+    (tmp_path / "in.txt").write_text("hi\n")
+    _fails(["run", str(tmp_path), "--input", str(tmp_path / "in.txt")], "manifest.json")
+
+
+def test_cli_lists_targets_and_models():
+    res = runner.invoke(app, ["targets"])
+    assert res.exit_code == 0 and "android" in res.output and "cpu-x86" in res.output
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and "all-minilm-l6-v2" in res.output
+
+
+def test_console_script_installed():
+    """`edgecomp` is on PATH as the README says (pip install -e .)."""
+    out = subprocess.run([sys.executable, "-m", "edgecomp.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "export" in out.stdout

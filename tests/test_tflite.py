@@ -1,0 +1,122 @@
+"""TFLite lowering + LiteRT runner, checked against PyTorch on a tiny random-init BERT (no downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+import torch  # noqa: E402
+
+from edgecomp.errors import EdgecompError  # noqa: E402
+from edgecomp.lower.tflite import export_tflite  # noqa: E402
+from edgecomp.runtime import open_artifact  # noqa: E402
+from edgecomp.tasks.feature_extraction import cosine_rows, pool  # noqa: E402
+
+NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+VOCAB = 2000
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self, bert):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                         token_type_ids=token_type_ids).last_hidden_state
+
+
+@pytest.fixture(scope="module")
+def bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    # weight-dominated (embeddings + linears ~0.65M params) so the int8 size ratio is meaningful
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=512, max_position_embeddings=64)
+    return BertModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(bert, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tflite")
+    fp32 = export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], d / "fp32.tflite", [16, 8], None)
+    int8 = export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], d / "int8.tflite", [8, 16], "dynamic-int8")
+    return d, fp32, int8
+
+
+def _feeds(batch: int, length: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, length), np.int64)
+    mask[1:, length - 2:] = 0  # the second row is padded: only its real tokens are compared
+    ids = rng.integers(1, VOCAB, (batch, length)) * mask
+    types = np.zeros((batch, length), np.int64)
+    types[:, length // 2:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
+
+
+def _torch(bert, feeds):
+    with torch.no_grad():
+        return bert(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+
+
+def test_export_writes_one_signature_per_bucket(exported):
+    d, fp32, int8 = exported
+    assert fp32["signatures"] == ["seq8", "seq16"]
+    assert fp32["size_bytes"] == (d / "fp32.tflite").stat().st_size
+    assert int8["quantization"] == "dynamic-int8"
+    assert not list(d.glob(".*tmp*"))  # written to a temporary name, then renamed
+    runner = open_artifact(d / "fp32.tflite", threads=1)
+    assert runner.buckets == [8, 16]
+    assert set(runner.input_names) == set(NAMES)
+    assert runner.output_names == ["last_hidden_state"]
+
+
+@pytest.mark.parametrize("length", [5, 8, 16])  # 5 pads to bucket 8; 8 and 16 fill their buckets
+def test_fp32_matches_pytorch(bert, exported, length):
+    d, _, _ = exported
+    feeds = _feeds(2, length, seed=length)
+    got = open_artifact(d / "fp32.tflite", threads=1).run(feeds)["last_hidden_state"]
+    ref = _torch(bert, feeds)
+    assert got.shape == ref.shape == (2, length, 128)
+    real = feeds["attention_mask"].astype(bool)
+    # fp32 with a different op order (XNNPACK): 1e-4 absolute on unit-scale hidden states
+    np.testing.assert_allclose(got[real], ref[real], atol=1e-4, rtol=0)
+
+
+def test_dynamic_int8_is_smaller_and_close(bert, exported):
+    d, fp32, int8 = exported
+    assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
+    feeds = _feeds(8, 12, seed=1)
+    got = open_artifact(d / "int8.tflite", threads=1).run(feeds)["last_hidden_state"]
+    ref = _torch(bert, feeds)
+    mask = feeds["attention_mask"]
+    cos = cosine_rows(pool(got, mask, "mean", True), pool(ref, mask, "mean", True))
+    # measured 0.9999 on this model; 0.98 leaves room for other seeds while catching a broken scheme
+    assert cos.min() > 0.98, cos
+
+
+def test_too_long_input_names_the_limit(exported):
+    d, _, _ = exported
+    with pytest.raises(EdgecompError, match="at most 16 tokens.*max_length=16"):
+        open_artifact(d / "fp32.tflite").run(_feeds(1, 17, seed=0))
+
+
+def test_corrupt_file_is_a_clear_error(exported, tmp_path):
+    d, _, _ = exported
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes((d / "fp32.tflite").read_bytes()[:4096])
+    with pytest.raises(EdgecompError, match="model.tflite.*re-run `edgecomp export`"):
+        open_artifact(bad)
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer" * 10)
+    with pytest.raises(EdgecompError, match="junk.tflite"):
+        open_artifact(junk)
+
+
+def test_unknown_quantization_is_rejected(bert, tmp_path):
+    with pytest.raises(EdgecompError, match="unknown TFLite quantization"):
+        export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], tmp_path / "m.tflite", [8], "int3")
