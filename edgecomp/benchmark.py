@@ -25,6 +25,12 @@ def bench_export(export_dir: Path, target: str | None = None, texts_file: Path |
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     paths = [check_artifact_hash(export_dir, rec) for rec in manifest["artifacts"]]
+    if target is not None:
+        wanted = load_target(target)
+        from .bench import arm64
+
+        if "arm64" in wanted.checks and not arm64.env_present():  # asked for explicitly: say how, do not skip
+            raise EdgecompError("the aarch64 emulation environment is not set up", arm64.SETUP_HINT)
     spec = resolve_model(manifest["model"].get("location") or manifest["model"]["name"])
     t = manifest["target"]
     export_target = load_target(t["file"] if t.get("file") and Path(t["file"]).exists() else t["name"])
@@ -35,29 +41,17 @@ def bench_export(export_dir: Path, target: str | None = None, texts_file: Path |
     ref = ReferenceSet(loaded, task, texts)
     for rec, path in zip(manifest["artifacts"], paths):
         rec["metrics"] = measure_artifact(path, rec, ref, loaded, export_target, True, log)
-    if target is not None:
-        if target not in ("arm64", "android"):
-            raise EdgecompError(f"`edgecomp bench --target {target}` is not a measurement mode",
-                                "use --target arm64 (qemu-aarch64 parity, instructions, guest RSS) or omit it")
-        _bench_arm64(manifest, export_dir, paths, loaded, export_target, log)
+    if target is not None and target != export_target.name:
+        # e.g. `--target arm64` on a cpu-x86 export: measure these artifacts the way that target would
+        extra = wanted
+        from .bench.checks import run_checks
+        from .bench.latency import benchmark_feeds
+
+        for rec, path in zip(manifest["artifacts"], paths):
+            feeds = benchmark_feeds(loaded.tokenizer, texts, 1, extra.bench.seq_len, rec["inputs"])
+            run_checks(extra.checks, path, rec, feeds, extra.emulated_cpu or "cortex-a76", log)
     write_json_atomic(export_dir / MANIFEST, manifest)
     from .report import write_report
 
     write_report(manifest, export_dir)
     return manifest
-
-
-def _bench_arm64(manifest, export_dir, paths, loaded, export_target, log) -> None:
-    from .bench import arm64
-    from .bench.latency import benchmark_feeds
-    from .runtime import open_artifact
-
-    if not arm64.env_present():
-        raise EdgecompError("the aarch64 emulation environment is not set up", arm64.SETUP_HINT)
-    cpu = export_target.emulated_cpu or "cortex-a76"
-    texts = default_texts()
-    for rec, path in zip(manifest["artifacts"], paths):
-        feeds = benchmark_feeds(loaded.tokenizer, texts, 1, export_target.bench.seq_len, rec["inputs"])
-        x86 = open_artifact(path, threads=1).run(feeds)
-        log(f"arm64: {path.name} under qemu-aarch64 ({cpu})")
-        rec["arm64"] = arm64.arm64_block(path, feeds, x86, cpu=cpu)

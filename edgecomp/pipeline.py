@@ -20,11 +20,13 @@ from typing import Callable
 
 from . import __version__
 from .bench.fidelity import ReferenceSet, check_tolerance, measure_fidelity
+from .bench.checks import run_checks
 from .bench.latency import benchmark_feeds, latency_block
 from .bench.memory import peak_rss_mb
 from .bench.size import onnx_size_breakdown, torch_size_breakdown
 from .errors import EdgecompError
 from .manifest import MANIFEST, sha256, staged_output_dir, write_json_atomic
+from .quiet import native_stderr_silenced
 from .models import LoadedModel, load_model, resolve_model
 from .registry import Registry
 from .targets import ArtifactSpec, TargetSpec, load_target
@@ -142,7 +144,8 @@ def produce_tflite(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
     ctx.log(f"convert: litert-torch -> {spec.filename} (buckets {list(buckets)}, {spec.quantization or 'fp32'})")
     module = PositionalModel(ctx.loaded.model, names, outputs).eval()
     dst = ctx.out / spec.filename
-    info = export_tflite(module, names, outputs, dst, buckets, spec.quantization)
+    with native_stderr_silenced():
+        info = export_tflite(module, names, outputs, dst, buckets, spec.quantization)
     return dst, info
 
 
@@ -170,12 +173,13 @@ def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: Loaded
     log(f"verify: {path.name} vs PyTorch fp32 on {len(ref.texts)} texts")
     metrics = {"fidelity": measure_fidelity(runner, ref), "peak_rss_mb": None, "latency_ms": None}
     del runner
+    b = target.bench
+    feeds = benchmark_feeds(loaded.tokenizer, ref.texts, b.batch, b.seq_len, record["inputs"])
     if bench:
-        b = target.bench
-        feeds = benchmark_feeds(loaded.tokenizer, ref.texts, b.batch, b.seq_len, record["inputs"])
         log(f"bench: {path.name} latency (threads {list(b.threads)}) and peak RSS")
         metrics["latency_ms"] = latency_block(path, feeds, b.threads, b.warmup, b.runs)
         metrics["peak_rss_mb"] = peak_rss_mb(path, feeds, threads=1)
+    run_checks(target.checks, path, record, feeds, target.emulated_cpu or "cortex-a76", log)
     return metrics
 
 

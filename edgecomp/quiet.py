@@ -4,6 +4,7 @@ Our own progress lines say what is happening; library logs at WARNING level are 
 did nothing wrong. Errors still surface (as EdgecompError one-liners or ERROR logs).
 """
 
+import contextlib
 import logging
 import os
 import warnings
@@ -21,3 +22,25 @@ def quiet_third_party() -> None:
     for name in NOISY_LOGGERS:
         logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Mute C++ logging written straight to file descriptor 2 (TensorFlow/absl INFO lines from the TFLite
+    converter) for the duration of a call. Python exceptions still carry their messages."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. captured by a test runner)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

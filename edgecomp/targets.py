@@ -61,6 +61,7 @@ class TargetSpec:
     tolerance: Tolerance
     bench: BenchSpec
     emulated_cpu: str | None = None
+    checks: tuple[str, ...] = ()  # device checks per artifact (edgecomp.bench.checks)
     path: Path | None = None
 
     @property
@@ -83,6 +84,7 @@ class TargetSpec:
             "tolerance": vars(self.tolerance),
             "bench": {**vars(self.bench), "threads": list(self.bench.threads)},
             "emulated_cpu": self.emulated_cpu,
+            "checks": list(self.checks),
             "file": str(self.path) if self.path else None,
         }
 
@@ -128,6 +130,7 @@ def _parse(path: Path) -> TargetSpec:
             runs=b.get("runs", 30),
         ),
         emulated_cpu=raw.get("emulated_cpu"),
+        checks=tuple(raw.get("checks", ())),
         path=path,
     )
 

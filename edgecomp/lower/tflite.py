@@ -196,8 +196,10 @@ def export_tflite(
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise EdgecompError(f"litert-torch could not convert the model to TFLite ({first})",
-                            "use a target without a .tflite artifact for this model, or export with a supported architecture") from e
+        raise EdgecompError(
+            f"litert-torch could not convert the model to TFLite ({first})",
+            "use a target without a .tflite artifact for this model, or export a supported architecture",
+        ) from e
     finally:
         tmp.unlink(missing_ok=True)
     return {

@@ -58,13 +58,9 @@ def render(manifest: dict) -> str:
             lines.append(f"| {c} | " + " | ".join(_mb(v.get(c)) + " MB" for v in sb.values()) + " |")
         if Path(manifest.get("_dir", "."), "size_breakdown.png").exists():
             lines += ["", "![size breakdown](size_breakdown.png)"]
-    for a in manifest["artifacts"]:
-        if a.get("arm64"):
-            lines += _arm64_section(manifest)
-            break
-    for a in manifest["artifacts"]:
-        if a.get("mobile_check"):
-            lines += ["", f"## Mobile partitioning check (`{a['path']}`)", "", "```", str(a["mobile_check"]), "```"]
+    if any(a.get("arm64") for a in manifest["artifacts"]):
+        lines += _arm64_section(manifest)
+    lines += _mobile_section(manifest)
     for key in ("compression", "early_exit", "generation"):
         if manifest.get(key):
             lines += ["", f"## {key.replace('_', ' ').title()}", "", "```json", _json(manifest[key]), "```"]
@@ -73,14 +69,50 @@ def render(manifest: dict) -> str:
 
 def _arm64_section(manifest: dict) -> list[str]:
     out = ["", "## ARM64 (emulated: qemu-aarch64, not real hardware)", "",
-           "Instruction counts and guest memory are exact properties of the aarch64 code path; emulated wall time is not reported because it is not device latency.",
-           "", "| file | core | max abs diff vs x86 | instructions / inference | guest peak RSS MB |", "|---|---|---|---|---|"]
+           "These figures come from the aarch64 builds of the runtimes under qemu-aarch64. Parity, guest "
+           "instructions per inference and guest memory carry over to a device; emulated wall time does not and is "
+           "never reported as latency. All other figures in this report are from the x86 build machine.", "",
+           "| file | core | parity | max abs diff vs x86 | worst cos vs x86 | instructions / inference | guest peak RSS MB |",
+           "|---|---|---|---|---|---|---|"]
     for a in manifest["artifacts"]:
         b = a.get("arm64")
-        if b:
-            ins = b.get("instructions_per_inference")
-            out.append(f"| `{a['path']}` | {b.get('emulated_cpu')} | {_fmt(b.get('max_abs_diff'), 7)} | "
-                       f"{ins:,} | {_fmt(b.get('guest_peak_rss_mb'), 1)} |" if ins is not None else f"| `{a['path']}` | — | — | — | — |")
+        if not b:
+            continue
+        if "skipped" in b:
+            out.append(f"| `{a['path']}` | — | not measured: {b['skipped']} | | | | |")
+            continue
+        out.append(f"| `{a['path']}` | {b.get('emulated_cpu')} | {'ok' if b.get('parity_ok') else 'FAIL'} | "
+                   f"{b['max_abs_diff']:.2e} | {b.get('cos_min_vs_x86', float('nan')):.5f} | "
+                   f"{b['instructions_per_inference']:,} | {b['guest_peak_rss_mb']:.1f} |")
+    return out
+
+
+def _mobile_section(manifest: dict) -> list[str]:
+    out = []
+    for a in manifest["artifacts"]:
+        mc = a.get("mobile_check")
+        if mc:
+            out += ["", f"## ORT mobile usability (`{a['path']}`)", "",
+                    "| execution provider | shapes | nodes on accelerator | partitions | verdict |", "|---|---|---|---|---|"]
+            for key, modes in mc.get("eps", {}).items():
+                for mode in ("as_is", "fixed_shapes"):
+                    r = modes.get(mode)
+                    if not r:
+                        continue
+                    out.append(f"| {modes.get('ep', key)} | {mode} | {r.get('nodes_on_accelerator')}/{r.get('nodes')} | {r.get('partitions')} | "
+                               f"{r.get('verdict', '')} |")
+            out += ["", f"Recommendation: {mc.get('recommendation', '')}"]
+        ro = a.get("required_operators")
+        if ro:
+            out += ["", f"## Reduced ORT build (`{a['path']}`)", "",
+                    f"`{ro['config']}` lists {ro['n_operators']} operators; build ONNX Runtime with "
+                    f"`--include_ops_by_config {ro['config']}` to ship only these kernels: "
+                    + ", ".join(f"`{o}`" for o in ro["operators"])]
+        xn = a.get("xnnpack")
+        if xn:
+            out += ["", f"## LiteRT XNNPACK delegate (`{a['path']}`)", "",
+                    f"{xn['nodes_on_xnnpack']}/{xn['nodes']} nodes in {xn['partitions']} partition(s) run on XNNPACK; "
+                    f"left on the reference CPU kernels: {', '.join(xn.get('ops_left_on_cpu', [])) or 'none'}."]
     return out
 
 

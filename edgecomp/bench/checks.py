@@ -1,0 +1,82 @@
+"""Device checks a target asks for (``checks = [...]`` in targets/*.toml), run on each artifact.
+
+- ``arm64``: the artifact on the aarch64 build of its runtime under qemu-aarch64 (parity with x86,
+  guest instructions per inference, guest-only peak RSS); recorded as the record's ``arm64`` block.
+  Without the emulation environment the block says how to set it up instead of failing the export.
+- ``ort-mobile``: ONNX Runtime's mobile usability check (NNAPI / CoreML partitioning) on .onnx, and the
+  reduced-build operator summary on .ort.
+- ``xnnpack``: how much of a .tflite LiteRT's XNNPACK delegate takes, in how many partitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import EdgecompError
+from ..registry import Registry
+
+# name -> fn(path, record, feeds, cpu) -> None (updates record in place)
+CHECKS: Registry[Callable[[Path, dict, dict, str], None]] = Registry("device check")
+
+# Parity across ISAs: fp32 kernels agree to ~2e-6; int8 graphs do not agree element by element because a
+# 2e-6 LayerNorm difference can move a dynamic quantization scale and flip one uint8 step, which the exact
+# integer matmuls then carry through every layer (traced node by node). Both sides stay equally close to
+# fp32, so quantized artifacts are held to the cosine of their outputs instead.
+FP32_MAX_ABS_DIFF = 1e-4
+QUANTIZED_COS_MIN = 0.98
+
+
+def parity_ok(block: dict, precision: str) -> bool:
+    if precision == "fp32":
+        return block["max_abs_diff"] < FP32_MAX_ABS_DIFF
+    return block["cos_min_vs_x86"] >= QUANTIZED_COS_MIN
+
+
+@CHECKS.register("arm64")
+def arm64_check(path: Path, record: dict, feeds: dict, cpu: str) -> None:
+    from ..runtime import open_artifact
+    from . import arm64
+
+    if not arm64.env_present():
+        record["arm64"] = {"skipped": f"aarch64 emulation environment not set up: {arm64.SETUP_HINT}"}
+        return
+    feeds = {k: v for k, v in feeds.items() if k in record["inputs"]}
+    x86 = open_artifact(path, threads=1).run(feeds)
+    if path.suffix == ".tflite":  # the guest picks the bucket signature whose shapes equal the feeds
+        feeds = {k: v.astype(np.int32) for k, v in feeds.items()}
+    block = arm64.arm64_block(path, feeds, x86, cpu=cpu)
+    block["parity_ok"] = parity_ok(block, record["precision"])
+    record["arm64"] = block
+    if not block["parity_ok"]:
+        raise EdgecompError(
+            f"{path.name} gives different outputs on aarch64 (max abs diff {block['max_abs_diff']:.2e}, "
+            f"worst cosine {block['cos_min_vs_x86']:.4f} vs x86)",
+            "report this artifact; export an fp32 variant for this target meanwhile",
+        )
+
+
+@CHECKS.register("ort-mobile")
+def ort_mobile(path: Path, record: dict, feeds: dict, cpu: str) -> None:
+    from .mobile import ort_mobile_check, summarize_required_ops
+
+    if path.suffix == ".onnx":
+        record["mobile_check"] = ort_mobile_check(path)
+    elif path.suffix == ".ort" and record.get("required_operators_config"):
+        record["required_operators"] = summarize_required_ops(path.parent / record["required_operators_config"])
+
+
+@CHECKS.register("xnnpack")
+def xnnpack(path: Path, record: dict, feeds: dict, cpu: str) -> None:
+    from .mobile import tflite_xnnpack_partitioning
+
+    if path.suffix == ".tflite":
+        record["xnnpack"] = tflite_xnnpack_partitioning(path)
+
+
+def run_checks(names, path: Path, record: dict, feeds: dict, cpu: str, log=lambda s: None) -> None:
+    for name in names:
+        log(f"check: {name} on {path.name}")
+        CHECKS.get(name)(path, record, feeds, cpu)

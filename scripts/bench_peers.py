@@ -1,0 +1,226 @@
+"""edgecomp's artifacts against the peers' standard recipes, measured interleaved in one run.
+
+Peers (what a user would do without edgecomp):
+  - optimum:      `optimum-cli export onnx` (fp32)
+  - optimum+ORT:  `optimum-cli onnxruntime quantize --avx512 --per_channel` (dynamic int8, per-channel)
+  - litert-torch: plain litert-torch conversion at [1, 128] with its dynamic int8 recipe
+against an edgecomp export folder (default: a fresh `edgecomp export all-minilm-l6-v2 --target android`).
+
+Every artifact gets the same inputs: latency at batch 1, sequence 128, 1 and 2 threads, interleaved in
+rounds so machine noise hits all of them alike (medians over all rounds); peak RSS of a fresh process
+that loads the artifact and runs once (median of 3, interleaved); embedding cosine vs PyTorch fp32 on
+the 240 built-in sentences. Writes results/peers/<model>.json and .md and prints the table.
+
+    python scripts/bench_peers.py [--export out/minilm-android] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edgecomp.quiet import quiet_third_party  # noqa: E402
+
+quiet_third_party()
+
+from edgecomp.bench.memory import peak_rss_mb  # noqa: E402
+from edgecomp.models import load_model, model_dir, resolve_model  # noqa: E402
+from edgecomp.runtime import open_artifact  # noqa: E402
+from edgecomp.tasks.feature_extraction import pool  # noqa: E402
+from edgecomp.texts import default_texts, tokenize  # noqa: E402
+
+
+class FixedTFLite:
+    """A single-signature [1, N] .tflite (the plain litert-torch output): pad every input to N."""
+
+    def __init__(self, path: Path, threads: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = path
+        self.interp = Interpreter(model_path=str(path), num_threads=threads)
+        sig = self.interp.get_signature_list()
+        self.key = next(iter(sig))
+        self.runner = self.interp.get_signature_runner(self.key)
+        details = self.runner.get_input_details()
+        self.order = sorted(details)  # args_0, args_1, args_2 = input_ids, attention_mask, token_type_ids
+        self.n = int(details[self.order[0]]["shape"][1])
+        self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    def run(self, feeds):
+        outs = []
+        for i in range(feeds["input_ids"].shape[0]):
+            row = []
+            for name in self.input_names:
+                x = np.zeros((1, self.n), dtype=np.int32)
+                v = feeds[name][i : i + 1]
+                x[:, : v.shape[1]] = v
+                row.append(x)
+            res = self.runner(**dict(zip(self.order, row)))
+            outs.append(next(iter(res.values()))[:, : feeds["input_ids"].shape[1]])
+        return {"last_hidden_state": np.concatenate(outs)}
+
+
+def open_any(path: Path, threads: int):
+    if path.suffix == ".tflite" and "peer" in path.parent.name:
+        return FixedTFLite(path, threads)
+    return open_artifact(path, threads=threads)
+
+
+def build_peers(src_dir: Path, work: Path, log) -> dict[str, Path]:
+    peers = {}
+    opt = work / "optimum-fp32"
+    if not (opt / "model.onnx").exists():
+        log("peer: optimum-cli export onnx")
+        subprocess.run(["optimum-cli", "export", "onnx", "--model", str(src_dir), "--task", "feature-extraction",
+                        str(opt)], check=True, capture_output=True)
+    peers["optimum onnx fp32"] = opt / "model.onnx"
+    q = work / "optimum-int8"
+    if not (q / "model_quantized.onnx").exists():
+        log("peer: optimum-cli onnxruntime quantize --avx512 --per_channel")
+        subprocess.run(["optimum-cli", "onnxruntime", "quantize", "--onnx_model", str(opt), "--avx512", "--per_channel",
+                        "-o", str(q)], check=True, capture_output=True)
+    peers["optimum + ORT int8 per-channel"] = q / "model_quantized.onnx"
+    lt = work / "litert-peer" / "model.tflite"
+    if not lt.exists():
+        log("peer: litert-torch [1,128] with its dynamic int8 recipe")
+        lt.parent.mkdir(parents=True, exist_ok=True)
+        code = f"""
+import torch, litert_torch
+from litert_torch.generative.quantize import quant_recipes, quant_attrs
+from transformers import AutoModel
+m = AutoModel.from_pretrained({str(src_dir)!r}).eval()
+class W(torch.nn.Module):
+    def __init__(s, m): super().__init__(); s.m = m
+    def forward(s, a, b, c): return s.m(input_ids=a, attention_mask=b, token_type_ids=c).last_hidden_state
+z = torch.zeros(1, 128, dtype=torch.long)
+qc = quant_recipes.full_dynamic_recipe(weight_dtype=quant_attrs.Dtype.INT8, granularity=quant_attrs.Granularity.CHANNELWISE)
+litert_torch.convert(W(m).eval(), (z + 101, z + 1, z), quant_config=qc).export({str(lt)!r})
+"""
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    peers["litert-torch int8 dynamic"] = lt
+    return peers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="all-minilm-l6-v2")
+    ap.add_argument("--export", type=Path, default=None, help="an edgecomp android export folder (default: export now)")
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "peers")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--runs-per-round", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "peers")
+    args = ap.parse_args()
+    t0 = time.time()
+
+    def log(msg):
+        print(f"{time.time() - t0:6.1f}s {msg}", file=sys.stderr, flush=True)
+
+    spec = resolve_model(args.model)
+    src_dir = model_dir(spec)
+    args.work.mkdir(parents=True, exist_ok=True)
+    export = args.export or args.work / "edgecomp-android"
+    if args.export is None and not (export / "manifest.json").exists():
+        log("edgecomp export --target android")
+        subprocess.run([sys.executable, "-m", "edgecomp.cli", "export", args.model, "--target", "android",
+                        "-o", str(export), "--force", "--no-bench"], check=True)
+    manifest = json.loads((export / "manifest.json").read_text())
+    candidates = build_peers(src_dir, args.work, log)
+    for a in manifest["artifacts"]:
+        candidates[f"edgecomp {a['format']} {a['precision']}"] = export / a["path"]
+
+    loaded = load_model(spec)
+    texts = default_texts()
+    log(f"reference: PyTorch fp32 on {len(texts)} sentences")
+    import torch
+
+    feeds_list = [tokenize(loaded.tokenizer, texts[i:i + 16]) for i in range(0, len(texts), 16)]
+    with torch.inference_mode():
+        refs = [pool(loaded.model(**{k: torch.from_numpy(v) for k, v in f.items()}).last_hidden_state.numpy(),
+                     f["attention_mask"], "mean", True) for f in feeds_list]
+    bench_feeds = loaded.tokenizer([" ".join(texts)], truncation=True, max_length=128, padding="max_length", return_tensors="np")
+    bench_feeds = {k: v.astype(np.int64) for k, v in bench_feeds.items()}
+
+    rows = {name: {"path": str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p), "size_bytes": p.stat().st_size}
+            for name, p in candidates.items()}
+    for name, p in candidates.items():
+        log(f"fidelity: {name}")
+        r = open_any(p, 2)
+        cos = np.concatenate([(pool(r.run({k: v for k, v in f.items() if k in r.input_names})["last_hidden_state"],
+                                     f["attention_mask"], "mean", True) * ref).sum(-1) for f, ref in zip(feeds_list, refs)])
+        rows[name].update(cos_mean=round(float(cos.mean()), 4), cos_min=round(float(cos.min()), 4))
+
+    for threads in (1, 2):
+        runners = {n: open_any(p, threads) for n, p in candidates.items()}
+        times = {n: [] for n in runners}
+        for n, r in runners.items():  # warm-up
+            for _ in range(3):
+                r.run({k: v for k, v in bench_feeds.items() if k in r.input_names})
+        log(f"latency: {args.rounds} interleaved rounds x {args.runs_per_round} runs, {threads} thread(s)")
+        for _ in range(args.rounds):
+            for n, r in runners.items():
+                f = {k: v for k, v in bench_feeds.items() if k in r.input_names}
+                for _ in range(args.runs_per_round):
+                    s = time.perf_counter()
+                    r.run(f)
+                    times[n].append((time.perf_counter() - s) * 1000)
+        for n, t in times.items():
+            rows[n][f"p50_ms_{threads}t"] = round(float(np.median(t)), 2)
+        del runners
+
+    log("peak RSS: fresh process per artifact, 3 interleaved repeats")
+    rss = {n: [] for n in candidates}
+    for _ in range(3):
+        for n, p in candidates.items():
+            if isinstance(open_any(p, 1), FixedTFLite):
+                rss[n].append(_peer_tflite_rss(p, bench_feeds))
+            else:
+                rss[n].append(peak_rss_mb(p, bench_feeds, threads=1))
+    for n, v in rss.items():
+        rows[n]["peak_rss_mb"] = round(float(np.median(v)), 1)
+
+    base = rows["optimum onnx fp32"]
+    md = [f"# edgecomp vs peers: {args.model}", "",
+          f"One run on {os.cpu_count()} x86 cores, {time.strftime('%Y-%m-%d')}; batch 1, sequence 128; medians of "
+          f"{args.rounds}x{args.runs_per_round} interleaved runs; RSS of a fresh process (median of 3); cosine vs PyTorch fp32 "
+          f"on {len(texts)} sentences. Ratios are against the optimum fp32 ONNX export.", "",
+          "| artifact | MB | size ratio | peak RSS MB | RSS ratio | p50 ms 1 thr | latency ratio | p50 ms 2 thr | cos mean | cos worst |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for n, r in rows.items():
+        md.append(f"| {n} | {r['size_bytes'] / 1e6:.1f} | {r['size_bytes'] / base['size_bytes']:.2f} | {r['peak_rss_mb']} | "
+                  f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | {r['p50_ms_1t']} | {r['p50_ms_1t'] / base['p50_ms_1t']:.2f} | "
+                  f"{r['p50_ms_2t']} | {r['cos_mean']} | {r['cos_min']} |")
+    md += ["", f"Command: `python scripts/bench_peers.py` ({time.time() - t0:.0f} s)."]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.model}.json").write_text(json.dumps({"model": args.model, "rows": rows}, indent=2) + "\n")
+    (args.out / f"{args.model}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def _peer_tflite_rss(path: Path, feeds) -> float:
+    code = f"""
+import numpy as np, json
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path={str(path)!r}, num_threads=1)
+r = it.get_signature_runner(next(iter(it.get_signature_list())))
+keys = sorted(r.get_input_details())
+r(**{{k: np.ones((1, 128), np.int32) for k in keys}})
+for line in open('/proc/self/status'):
+    if line.startswith('VmHWM:'): print(json.dumps({{'peak_rss_mb': round(int(line.split()[1]) / 1024, 1)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+if __name__ == "__main__":
+    main()
