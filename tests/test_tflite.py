@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -97,6 +100,41 @@ def test_dynamic_int8_is_smaller_and_close(bert, exported):
     cos = cosine_rows(pool(got, mask, "mean", True), pool(ref, mask, "mean", True))
     # measured 0.9999 on this model; 0.98 leaves room for other seeds while catching a broken scheme
     assert cos.min() > 0.98, cos
+
+
+def test_int4_block_is_smaller_than_int8(bert, exported, tmp_path):
+    _, _, int8 = exported
+    info = export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], tmp_path / "int4.tflite", [16], "int4-block")
+    assert info["size_bytes"] < int8["size_bytes"]
+    feeds = _feeds(4, 16, seed=2)
+    got = open_artifact(tmp_path / "int4.tflite", threads=1).run(feeds)["last_hidden_state"]
+    mask = feeds["attention_mask"]
+    cos = cosine_rows(pool(got, mask, "mean", True), pool(_torch(bert, feeds), mask, "mean", True))
+    assert cos.min() > 0.95, cos  # int4 weights: measured 0.996 on this model
+
+
+def test_buckets_and_reloads_match_pytorch_with_shared_packed_weights(bert, exported):
+    """The runner packs the weights once for all buckets (XNNPACK in-memory weight cache): each bucket, and a
+    second load of the file (which builds its own cache), must still give PyTorch's outputs."""
+    d, _, _ = exported
+    feeds = _feeds(2, 5, seed=7)
+    padded = {k: np.pad(v, ((0, 0), (0, 7))) for k, v in feeds.items()}  # 12 masked-out tokens: bucket 16
+    ref = _torch(bert, feeds)
+    mask = feeds["attention_mask"]
+    real = mask.astype(bool)
+    for name in ("fp32.tflite", "int8.tflite"):
+        first, second = (open_artifact(d / name, threads=1) for _ in range(2))
+        outs = [r.run(f)["last_hidden_state"][:, :5] for r in (first, second) for f in (feeds, padded)]
+        np.testing.assert_array_equal(outs[0], outs[2])  # a reload computes exactly what the first load did
+        np.testing.assert_array_equal(outs[1], outs[3])
+        for got in outs:
+            if name == "fp32.tflite":
+                np.testing.assert_allclose(got[real], ref[real], atol=1e-4, rtol=0)
+            else:  # dynamic int8: same bar as test_dynamic_int8_is_smaller_and_close
+                cos = cosine_rows(pool(got, mask, "mean", True), pool(ref, mask, "mean", True))
+                assert cos.min() > 0.98, cos
+    if sys.platform == "linux":  # the mechanism: one XNNPACK weight cache per load, in memory (no file)
+        assert "memfd:XNNPack in-memory weight cache" in Path("/proc/self/maps").read_text()
 
 
 def test_too_long_input_names_the_limit(exported):
