@@ -15,38 +15,24 @@ from edgecomp.bench import arm64
 from edgecomp.bench.arm64 import SETUP_HINT, arm64_block, env_present, guest_rss_kb
 from edgecomp.bench.mobile import ort_mobile_check, summarize_required_ops, tflite_xnnpack_partitioning
 from edgecomp.errors import EdgecompError
+from tiny import IO_NAMES, encoder_module, tiny_bert
 
-NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+NAMES = IO_NAMES
 VOCAB = 1000
 
 needs_env = pytest.mark.skipif(not env_present(), reason=f"no aarch64 environment: {SETUP_HINT}")
 
 
-class Encoder(torch.nn.Module):
-    def __init__(self, bert):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                         token_type_ids=token_type_ids).last_hidden_state
-
-
 @pytest.fixture(scope="module")
 def bert():
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=128)
-    return BertModel(cfg).eval()
+    return tiny_bert(vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(bert, tmp_path_factory):
     path = tmp_path_factory.mktemp("arm64") / "tiny.onnx"
     sample = tuple(torch.ones(1, 8, dtype=torch.long) for _ in NAMES)
-    torch.onnx.export(Encoder(bert), sample, str(path), input_names=NAMES, output_names=["last_hidden_state"],
+    torch.onnx.export(encoder_module(bert), sample, str(path), input_names=NAMES, output_names=["last_hidden_state"],
                       dynamic_axes={n: {0: "batch", 1: "seq"} for n in NAMES}, opset_version=17, dynamo=False)
     return path
 
@@ -57,7 +43,7 @@ def tiny_tflite(bert, tmp_path_factory):
     from edgecomp.lower.tflite import export_tflite
 
     path = tmp_path_factory.mktemp("arm64") / "tiny.tflite"
-    export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], path, [8, 16], None)
+    export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], path, [8, 16], None)
     return path
 
 

@@ -13,41 +13,27 @@ pytest.importorskip("ai_edge_litert")
 
 import torch  # noqa: E402
 
-from edgecomp.errors import EdgecompError  # noqa: E402
+from edgecomp.errors import EdgecompError
+from tiny import IO_NAMES, encoder_module, tiny_bert  # noqa: E402
 from edgecomp.lower.tflite import export_tflite  # noqa: E402
 from edgecomp.runtime import open_artifact  # noqa: E402
 from edgecomp.tasks.feature_extraction import cosine_rows, pool  # noqa: E402
 
-NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+NAMES = IO_NAMES
 VOCAB = 2000
-
-
-class Encoder(torch.nn.Module):
-    def __init__(self, bert):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                         token_type_ids=token_type_ids).last_hidden_state
 
 
 @pytest.fixture(scope="module")
 def bert():
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
     # weight-dominated (embeddings + linears ~0.65M params) so the int8 size ratio is meaningful
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=512, max_position_embeddings=64)
-    return BertModel(cfg).eval()
+    return tiny_bert(vocab_size=VOCAB, hidden_size=128, intermediate_size=512, max_position_embeddings=64)
 
 
 @pytest.fixture(scope="module")
 def exported(bert, tmp_path_factory):
     d = tmp_path_factory.mktemp("tflite")
-    fp32 = export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], d / "fp32.tflite", [16, 8], None)
-    int8 = export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], d / "int8.tflite", [8, 16], "dynamic-int8")
+    fp32 = export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], d / "fp32.tflite", [16, 8], None)
+    int8 = export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], d / "int8.tflite", [8, 16], "dynamic-int8")
     return d, fp32, int8
 
 
@@ -104,7 +90,7 @@ def test_dynamic_int8_is_smaller_and_close(bert, exported):
 
 def test_int4_block_is_smaller_than_int8(bert, exported, tmp_path):
     _, _, int8 = exported
-    info = export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], tmp_path / "int4.tflite", [16], "int4-block")
+    info = export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "int4.tflite", [16], "int4-block")
     assert info["size_bytes"] < int8["size_bytes"]
     feeds = _feeds(4, 16, seed=2)
     got = open_artifact(tmp_path / "int4.tflite", threads=1).run(feeds)["last_hidden_state"]
@@ -157,4 +143,4 @@ def test_corrupt_file_is_a_clear_error(exported, tmp_path):
 
 def test_unknown_quantization_is_rejected(bert, tmp_path):
     with pytest.raises(EdgecompError, match="unknown TFLite quantization"):
-        export_tflite(Encoder(bert), NAMES, ["last_hidden_state"], tmp_path / "m.tflite", [8], "int3")
+        export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "m.tflite", [8], "int3")
