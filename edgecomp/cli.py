@@ -94,12 +94,15 @@ def run(
     output: Path = typer.Option(Path("-"), "--output", "-o", help="JSON lines output (default stdout)"),
     threads: int = typer.Option(1, "--threads"),
     batch_size: int = typer.Option(8, "--batch-size"),
+    generate: Optional[int] = typer.Option(None, "--generate", help="causal LM: greedy-decode N tokens per line"),
+    perplexity: bool = typer.Option(False, "--perplexity", help="causal LM: summed NLL and tokens scored per line"),
 ):
     """Run an exported artifact on its runtime over a text file; one JSON object per line."""
     from .infer import run_file
 
     try:
-        run_file(artifact, input, output, threads=threads, batch_size=batch_size)
+        run_file(artifact, input, output, threads=threads, batch_size=batch_size, generate=generate,
+                 perplexity=perplexity)
     except EdgecompError as e:
         _fail(e)
 

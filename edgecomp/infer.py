@@ -73,11 +73,27 @@ def max_length_for(export_dir: Path, record: dict) -> int:
     return int(min(cfg.get("max_position_embeddings", 512), 512))
 
 
-def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int = 1, batch_size: int = 8) -> int:
+def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int = 1, batch_size: int = 8,
+             generate: int | None = None, perplexity: bool = False) -> int:
     from .tasks import TASKS
 
     export_dir, manifest, record = locate(artifact)
     texts = read_texts(input_file)
+    if manifest.get("early_exit"):
+        # stages in order, stopping at the first confident exit (edgecomp.early_exit.runtime)
+        from .early_exit.runtime import EarlyExitRunner
+
+        runner = EarlyExitRunner(export_dir, threads=threads)
+        records = runner.classify(texts, batch_size=batch_size)
+        _write_lines([json.dumps(r) for r in records], output_file)
+        return len(records)
+    if manifest["model"]["task"] == "text-generation":
+        from .llm.run import run_causal_lm
+
+        records = run_causal_lm(export_dir / record["path"], export_dir, texts, generate_tokens=generate,
+                                score_perplexity=perplexity, threads=threads)
+        _write_lines([json.dumps(r) for r in records], output_file)
+        return len(records)
     task = TASKS.get(manifest["model"]["task"])
     spec = SimpleNamespace(**manifest["model"])
     runner = open_artifact(export_dir / record["path"], threads=threads)

@@ -87,6 +87,17 @@ def _package_source(src: dict) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / src.get("subdir", "")
 
 
+# Source kinds that live with the feature that needs them; imported on first use so that, e.g., listing
+# models never imports the GGUF reader.
+SOURCE_PLUGINS = {"sst2-finetune": "edgecomp.early_exit", "gguf": "edgecomp.llm"}
+
+
+def source_loader(kind: str) -> Callable[[dict], Path]:
+    if kind not in SOURCES and kind in SOURCE_PLUGINS:
+        importlib.import_module(SOURCE_PLUGINS[kind])
+    return SOURCES.get(kind)
+
+
 def _parse_spec(path: Path) -> ModelSpec:
     try:
         raw = tomllib.loads(path.read_text())
@@ -172,7 +183,7 @@ def resolve_model(name_or_dir: str) -> ModelSpec:
 
 
 def model_dir(spec: ModelSpec) -> Path:
-    d = SOURCES.get(spec.source.get("kind", "local"))(spec.source)
+    d = source_loader(spec.source.get("kind", "local"))(spec.source)
     if not d.is_dir() or not (d / "config.json").exists():
         raise EdgecompError(f"model directory {d} is missing config.json",
                             "reinstall the model package or point at a folder written by `save_pretrained`")

@@ -183,6 +183,30 @@ def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: Loaded
     return metrics
 
 
+def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, recipe) -> dict:
+    """One artifact of the target: produce it, verify it against PyTorch, bench it; the manifest record."""
+    path, info = PRODUCERS.get(art.format)(ctx, art)
+    ctx.produced[(art.format, art.precision)] = path
+    rec = {"path": path.name, "format": art.format, "runtime": art.runtime, "precision": art.precision,
+           "quantization": art.quantization, "primary": art.primary}
+    if art.seq_buckets:
+        rec["seq_buckets"] = list(art.seq_buckets)
+    rec.update({k: v for k, v in info.items() if k not in rec})
+    rec["metrics"] = measure_artifact(path, rec, ref, ctx.loaded, ctx.target, ctx.options.bench, ctx.log)
+    require_tolerance(rec, ctx.target, recipe)
+    return rec
+
+
+def require_tolerance(rec: dict, target: TargetSpec, recipe) -> None:
+    """An artifact below the target's tolerance fails the export (nothing is skipped silently)."""
+    miss = check_tolerance(rec.get("metrics", {}).get("fidelity", {}), target.tolerance)
+    if miss:
+        raise EdgecompError(
+            f"{rec['path']} ({rec['precision']}, recipe {recipe.name!r}) misses the {target.name} target's tolerance: {miss}",
+            "use a milder recipe or precision, or relax [tolerance] in the target file",
+        )
+
+
 def export(model: str, target_name: str, out_dir: Path, options: ExportOptions | None = None, force: bool = False,
            log: Callable[[str], None] = lambda s: None) -> dict:
     options = options or ExportOptions()
@@ -201,37 +225,37 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         loaded = load_model(spec)
         n_params = loaded.n_params
         ref_breakdown = torch_size_breakdown(loaded.model)
-        log(f"reference: PyTorch fp32 outputs on {len(texts)} texts")
-        ref = ReferenceSet(loaded, task, texts)
-
+        generic = not options.early_exit and spec.task != "text-generation"
+        if generic:  # before compression: every artifact is compared with the original fp32 model
+            log(f"reference: PyTorch fp32 outputs on {len(texts)} texts")
+            ref = ReferenceSet(loaded, task, texts)
         compression = None
         if recipe.steps:
             from .compress import Calibration, compress_model
 
             log(f"compress: recipe {recipe.name!r} ({len(recipe.steps)} steps)")
             compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts))
-        ctx = BuildContext(loaded, task, target, options, build, work, log,
-                           keep_factorized=bool(recipe.options.get("keep_factorized", False)))
+        extra_blocks = {}
+        if options.early_exit:
+            # Stages + exit heads: its own producer chain (edgecomp.early_exit), verified stage by stage.
+            from .early_exit import export_early_exit
 
-        records = []
-        for art in target.artifacts:
-            path, info = PRODUCERS.get(art.format)(ctx, art)
-            ctx.produced[(art.format, art.precision)] = path
-            rec = {"path": path.name, "format": art.format, "runtime": art.runtime, "precision": art.precision,
-                   "quantization": art.quantization, "primary": art.primary}
-            if art.seq_buckets:
-                rec["seq_buckets"] = list(art.seq_buckets)
-            rec.update({k: v for k, v in info.items() if k not in rec})
-            rec["metrics"] = measure_artifact(path, rec, ref, loaded, target, options.bench, log)
-            miss = check_tolerance(rec["metrics"]["fidelity"], target.tolerance)
-            if miss:
-                raise EdgecompError(
-                    f"{path.name} ({art.precision}, recipe {recipe.name!r}) misses the {target.name} target's tolerance: {miss}",
-                    "use a milder recipe or precision, or relax [tolerance] in the target file",
-                )
-            records.append(rec)
+            result = export_early_exit(loaded, target, build, max_accuracy_drop=options.max_accuracy_drop, log=log)
+            records, extra_blocks["early_exit"] = result["artifacts"], result["early_exit"]
+        elif spec.task == "text-generation":
+            # KV-cache graphs, greedy-decoding + NLL verification (edgecomp.llm).
+            from .llm.export import export_causal_lm
 
-        shutil.rmtree(work)
+            records = export_causal_lm(loaded, target, build, work_dir=work, recipe_options=recipe.options,
+                                       texts=options.texts, log=log)
+            for rec in records:
+                require_tolerance(rec, target, recipe)
+        else:
+            ctx = BuildContext(loaded, task, target, options, build, work, log,
+                               keep_factorized=bool(recipe.options.get("keep_factorized", False)))
+            records = [produce_and_verify(ctx, art, ref, recipe) for art in target.artifacts]
+
+        shutil.rmtree(work, ignore_errors=True)
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT
             if (loaded.directory / name).exists():
                 shutil.copy(loaded.directory / name, build / name)
@@ -241,7 +265,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             rec["sha256"] = sha256(p)
         breakdown = {"pytorch-fp32": ref_breakdown}
         for rec in records:
-            if rec["format"] == "onnx":
+            if rec["format"] == "onnx" and "stage" not in rec:
                 breakdown[rec["path"]] = onnx_size_breakdown(build / rec["path"])
         manifest = {
             "edgecomp_version": __version__,
@@ -257,6 +281,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         }
         if compression:
             manifest["compression"] = compression
+        manifest.update(extra_blocks)
         write_json_atomic(build / MANIFEST, manifest)
         from .report import write_report
 

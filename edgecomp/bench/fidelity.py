@@ -44,4 +44,6 @@ def check_tolerance(fidelity: dict, tolerance) -> str | None:
         return f"cos_mean {fidelity['cos_mean']:.4f} < {tolerance.cos_mean}"
     if "cos_min" in fidelity and fidelity["cos_min"] < tolerance.cos_min:
         return f"cos_min {fidelity['cos_min']:.4f} < {tolerance.cos_min}"
+    if "nll_ratio" in fidelity and fidelity["nll_ratio"] > tolerance.nll_ratio_max:
+        return f"NLL ratio {fidelity['nll_ratio']:.3f} > {tolerance.nll_ratio_max}"
     return None

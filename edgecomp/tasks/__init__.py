@@ -30,4 +30,4 @@ class Task(Protocol):
 
 TASKS: Registry[Task] = Registry("task")
 
-from . import feature_extraction  # noqa: E402,F401
+from . import feature_extraction, text_classification, text_generation  # noqa: E402,F401
