@@ -86,10 +86,6 @@ class BuildContext:
             raw = self.work / "raw.onnx"
             self.log("lower: PyTorch -> ONNX")
             self.onnx_io = export_model_onnx(self.loaded.model, self.task, raw, self.target.opset)
-            if self.options.custom_ops:
-                from .compress.functions import wrap_as_functions  # compression methods -> edgecomp.* functions
-
-                wrap_as_functions(raw, raw)
             self.log("simplify: onnxslim")
             simplified = self.work / "fp32.onnx"
             self.onnx_io["simplify"] = simplify_onnx(raw, simplified, keep_factorized=self.keep_factorized)
@@ -113,6 +109,14 @@ def produce_onnx(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
         ctx.log(f"quantize: {spec.quantization} -> {spec.filename}")
         info["quantization"] = quantize_onnx(src, dst, spec.quantization or "dynamic-per-channel",
                                              **({"block_size": spec.options["block_size"]} if "block_size" in spec.options else {}))
+    if ctx.options.custom_ops:
+        # After quantization: the quantizers match standard ops only, so functions must wrap their output.
+        import onnx
+
+        from .compress.functions import wrap_as_functions
+
+        onnx.save(wrap_as_functions(onnx.load(str(dst))), str(dst))
+        info["custom_ops"] = "edgecomp.* ONNX functions (bodies are standard ops)"
     return dst, info
 
 
@@ -197,6 +201,20 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
     return rec
 
 
+# A recipe may fix the precision its compression was trained for (e.g. int4-aware distillation);
+# it then overrides the target's quantized artifacts, each format with its own int4 scheme.
+INT4_SCHEMES = {"onnx": "block-int4", "ort": "block-int4", "tflite": "int4-block"}
+
+
+def recipe_precision(art: ArtifactSpec, recipe) -> ArtifactSpec:
+    wanted = recipe.options.get("precision")
+    if wanted in (None, art.precision) or art.precision == "fp32":
+        return art
+    if wanted != "int4":
+        raise EdgecompError(f"recipe {recipe.name!r} asks for precision {wanted!r}", "use precision = \"int4\" or leave it to the target")
+    return ArtifactSpec(**{**vars(art), "precision": "int4", "quantization": INT4_SCHEMES[art.format]})
+
+
 def require_tolerance(rec: dict, target: TargetSpec, recipe) -> None:
     """An artifact below the target's tolerance fails the export (nothing is skipped silently)."""
     miss = check_tolerance(rec.get("metrics", {}).get("fidelity", {}), target.tolerance)
@@ -253,7 +271,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         else:
             ctx = BuildContext(loaded, task, target, options, build, work, log,
                                keep_factorized=bool(recipe.options.get("keep_factorized", False)))
-            records = [produce_and_verify(ctx, art, ref, recipe) for art in target.artifacts]
+            records = [produce_and_verify(ctx, recipe_precision(art, recipe), ref, recipe) for art in target.artifacts]
 
         shutil.rmtree(work, ignore_errors=True)
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT

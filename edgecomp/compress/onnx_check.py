@@ -109,7 +109,8 @@ def size_breakdown(path: str | Path) -> dict[str, int]:
     out = {"token_embeddings": 0, "attention": 0, "feed_forward": 0, "norms_other": 0}
     for init in m.graph.initializer:
         key = init.name + " " + consumer.get(init.name, "")
-        nbytes = numpy_helper.to_array(init).nbytes
+        # raw bytes as stored: to_array() unpacks 4-bit tensors (GatherBlockQuantized) to one byte each
+        nbytes = len(init.raw_data) if init.raw_data else numpy_helper.to_array(init).nbytes
         if "word_embeddings" in key:
             out["token_embeddings"] += nbytes
         elif "attention" in key and "LayerNorm" not in key:
