@@ -40,6 +40,8 @@ def bench_export(export_dir: Path, target: str | None = None, texts_file: Path |
     texts = read_texts(texts_file) if texts_file else default_texts()
     ref = ReferenceSet(loaded, task, texts)
     for rec, path in zip(manifest["artifacts"], paths):
+        if rec.get("role") == "early-exit-stage":  # takes hidden states, not text: measured by the exit runtime
+            continue
         rec["metrics"] = measure_artifact(path, rec, ref, loaded, export_target, True, log)
     if target is not None and target != export_target.name:
         # e.g. `--target arm64` on a cpu-x86 export: measure these artifacts the way that target would

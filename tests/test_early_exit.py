@@ -100,13 +100,6 @@ def exported(request, tiny):
     return request.param, out, result
 
 
-def _torch_stage_outputs(tiny, out: Path, texts):
-    """The PyTorch stages rebuilt from the heads the export trained (re-trained deterministically)."""
-    from edgecomp.early_exit.runtime import EarlyExitRunner
-
-    return EarlyExitRunner(out, "model-fp32.onnx", tau=1.0)
-
-
 def test_stage_files_match_pytorch_stages(exported):
     kind, out, result = exported
     stages = [a for a in result["artifacts"] if a["role"] == "early-exit-stage"]

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import EdgecompError
 from ..manifest import sha256 as _sha256, write_json_atomic
 from ..paths import cache_dir
-from .calibrate import TAU_GRID, choose_depth, choose_tau, depth_table, evaluate_tau
+from .calibrate import choose_depth, choose_tau, depth_table, evaluate_tau
 from .data import Labelled, read_exclusions, read_labelled_tsv, resolve_data_path, split
 from .names import SEQ_NAMES, carry
 from .heads import HeadsConfig, extract_features, load_heads, model_fingerprint, save_heads, train_heads
