@@ -44,3 +44,14 @@ def fast_target(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def unseen_texts() -> list[str]:
     return [ln for ln in UNSEEN.read_text().splitlines() if ln.strip()]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls: threads only add contention on the shared 2-core runners (26 s -> 2 s measured)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

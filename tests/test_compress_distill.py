@@ -14,13 +14,7 @@ from edgecomp.compress.layers import LowRankLinear
 from test_compress_methods import calibration, tiny_bert
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: threads only add contention on the shared 2-core runners (26 s -> 2 s measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_distill_recovers_fidelity():

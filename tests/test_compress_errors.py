@@ -11,13 +11,7 @@ from edgecomp.compress import compress_model, parse_steps
 from edgecomp.errors import EdgecompError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: threads only add contention on the shared 2-core runners (26 s -> 2 s measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_bert() -> BertModel:

@@ -21,13 +21,7 @@ from edgecomp.compress.onnx_check import (export_encoder, missing_factors, ort_s
 from test_compress_methods import tiny_bert
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: threads only add contention on the shared 2-core runners (26 s -> 2 s measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = [{"method": "ae-embedding", "latent_dim": 16, "steps": 5},
          {"method": "lowrank", "modules": "*attention.self*", "rank": 8},

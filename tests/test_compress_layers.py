@@ -17,13 +17,7 @@ from edgecomp.compress.layers import (FactorizedEmbedding, KroneckerEmbedding, K
 from edgecomp.compress.onnx_check import export_module, ort_session
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: threads only add contention on the shared 2-core runners (26 s -> 2 s measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ATOL = 1e-4
 SMALL = st.integers(1, 6)

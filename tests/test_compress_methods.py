@@ -19,13 +19,7 @@ from edgecomp.compress import METHODS, Calibration, compress_model
 from edgecomp.compress.onnx_check import export_encoder, ort_session, run_encoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: threads only add contention on the shared 2-core runners (26 s -> 2 s measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ATOL = 1e-4
 V, H, L, I = 1000, 64, 2, 128  # vocab, hidden, layers, intermediate
