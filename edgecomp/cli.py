@@ -58,6 +58,8 @@ def export(
     custom_ops: bool = typer.Option(False, "--custom-ops", help="emit compressed layers as edgecomp.* ONNX functions"),
     early_exit: bool = typer.Option(False, "--early-exit", help="export as stages with confident early exits"),
     max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="early exit: accuracy budget in points"),
+    exit_data: Optional[Path] = typer.Option(None, "--exit-data", help="early exit: labelled TSV (text<TAB>label) for heads and calibration"),
+    heads: Optional[str] = typer.Option(None, "--heads", help="early exit: plain | ztw (default from the model file)"),
 ):
     """Export MODEL for a target: every artifact the device needs, verified, measured, with manifest and report."""
     from .pipeline import ExportOptions, export as run_export
@@ -65,7 +67,8 @@ def export(
 
     try:
         opts = ExportOptions(recipe=recipe, texts=read_texts(texts) if texts else None, bench=not no_bench,
-                             custom_ops=custom_ops, early_exit=early_exit, max_accuracy_drop=max_accuracy_drop)
+                             custom_ops=custom_ops, early_exit=early_exit, max_accuracy_drop=max_accuracy_drop,
+                             exit_data=str(exit_data) if exit_data else None, exit_heads=heads)
         dest = output or Path("out") / f"{Path(model).name}-{target}"
         manifest = run_export(model, target, dest, opts, force=force, log=_progress())
     except EdgecompError as e:

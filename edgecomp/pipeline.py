@@ -59,6 +59,8 @@ class ExportOptions:
     custom_ops: bool = False
     early_exit: bool = False
     max_accuracy_drop: float = 1.0
+    exit_data: str | None = None  # labelled TSV for exit heads and τ calibration (default: the model file's)
+    exit_heads: str | None = None  # plain | ztw (default: the model file's)
 
 
 @dataclass
@@ -265,7 +267,8 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             # Stages + exit heads: its own producer chain (edgecomp.early_exit), verified stage by stage.
             from .early_exit import export_early_exit
 
-            result = export_early_exit(loaded, target, build, max_accuracy_drop=options.max_accuracy_drop, log=log)
+            result = export_early_exit(loaded, target, build, max_accuracy_drop=options.max_accuracy_drop,
+                                       data=options.exit_data, heads=options.exit_heads, log=log)
             records, extra_blocks["early_exit"] = result["artifacts"], result["early_exit"]
         elif spec.task == "text-generation":
             # KV-cache graphs, greedy-decoding + NLL verification (edgecomp.llm).
@@ -295,7 +298,10 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         manifest = {
             "edgecomp_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {**spec.to_json(), "params": n_params, "pooling": spec.pooling, "normalize": spec.normalize},
+            "model": {**spec.to_json(), "params": n_params, "pooling": spec.pooling, "normalize": spec.normalize,
+                      # classifiers: `edgecomp run` names labels from this, not LABEL_i
+                      **({"id2label": {str(k): v for k, v in loaded.model.config.id2label.items()}}
+                         if spec.task == "text-classification" else {})},
             "target": target.to_json(),
             "recipe": recipe.to_json(),
             "reference": {"format": "pytorch", "precision": "fp32", "size_bytes": ref_breakdown["total"]},

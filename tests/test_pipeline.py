@@ -200,3 +200,31 @@ def test_console_script_installed():
     """`edgecomp` is on PATH as the README says (pip install -e .)."""
     out = subprocess.run([sys.executable, "-m", "edgecomp.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "export" in out.stdout
+
+
+def test_classifier_export_and_run_names_labels(tmp_path, fast_target):
+    """A local ...ForSequenceClassification folder exports through the same pipeline; `run` prints label names."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from tiny import tiny_bert_config, write_tiny_tokenizer
+
+    d = tmp_path / "clf"
+    write_tiny_tokenizer(d)
+    torch.manual_seed(0)
+    cfg = tiny_bert_config(num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(cfg).eval().save_pretrained(d)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["export", str(d), "--target", str(fast_target), "-o", str(out), "--no-bench"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["task"] == "text-classification" and m["model"]["id2label"] == {"0": "negative", "1": "positive"}
+    fp32 = next(a for a in m["artifacts"] if a["precision"] == "fp32")
+    assert fp32["outputs"] == ["logits"]
+    (tmp_path / "in.txt").write_text("the film was a delight\na dull and tired script\n")
+    res = runner.invoke(app, ["run", str(out / "model-fp32.onnx"), "--input", str(tmp_path / "in.txt"),
+                              "--output", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(ln) for ln in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and {r["label"] for r in recs} <= {"negative", "positive"}
+    assert all(abs(sum(r["probs"]) - 1) < 1e-4 for r in recs)
