@@ -69,19 +69,10 @@ class CausalLMSession(_GreedyMixin):
     """An ONNX Runtime session over a KV-cache causal LM, batch 1."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+        from ..runtime.ort import ort_session
 
         self.path = resolve_artifact(path)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise EdgecompError(f"ONNX Runtime cannot load {self.path.name} ({str(e).splitlines()[0][:200]})",
-                                "re-run `edgecomp export` to rebuild it") from None
+        self.session = ort_session(self.path, threads)
         ins = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [n for n in ins if n.startswith("past_key_values.")]
         if "input_ids" not in ins or not self.past_names:
@@ -91,7 +82,9 @@ class CausalLMSession(_GreedyMixin):
         shape = ins[self.past_names[0]].shape  # [batch, kv_heads, past_len, head_dim]
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.has_position_ids = "position_ids" in ins
-        self._ort = ort
+        import onnxruntime
+
+        self._ort = onnxruntime
 
     def empty_cache(self) -> dict:
         z = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)

@@ -12,24 +12,29 @@ from . import RUNNERS
 _ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
 
 
+def ort_session(path: Path, threads: int | None = None):
+    """A CPU InferenceSession with ``threads`` intra-op threads; a file ORT rejects is a one-line error."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        first = str(e).splitlines()[0][:200]
+        raise EdgecompError(
+            f"ONNX Runtime cannot load {Path(path).name} ({first})",
+            "the file is corrupt or truncated: re-run `edgecomp export` to rebuild it",
+        ) from None
+
+
 class OrtRunner:
     def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
-
         self.path = path
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            first = str(e).splitlines()[0][:200]
-            raise EdgecompError(
-                f"ONNX Runtime cannot load {path.name} ({first})",
-                "the file is corrupt or truncated: re-run `edgecomp export` to rebuild it",
-            ) from None
+        self.session = ort_session(path, threads)
         self.inputs = self.session.get_inputs()
         self.input_names = [i.name for i in self.inputs]
         self.output_names = [o.name for o in self.session.get_outputs()]
