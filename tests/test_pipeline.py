@@ -71,11 +71,18 @@ def test_manifest_contract(tiny_export):
     assert not list(tiny_export.parent.glob(".tiny-x86.tmp-*")), "temporary build folder left behind"
 
 
-def test_onnx_loads_with_optimum(tiny_export):
+def test_onnx_loads_with_optimum(tiny_export, tiny_bert_dir, unseen_texts):
+    """OUT is also an optimum folder: ORTModelForFeatureExtraction gives PyTorch's hidden states."""
+    import torch
     from optimum.onnxruntime import ORTModelForFeatureExtraction
+    from transformers import AutoModel, AutoTokenizer
 
-    m = ORTModelForFeatureExtraction.from_pretrained(tiny_export, file_name="model-fp32.onnx")
-    assert m is not None
+    tok = AutoTokenizer.from_pretrained(tiny_export)
+    enc = tok(unseen_texts[:4], padding=True, return_tensors="pt")
+    got = ORTModelForFeatureExtraction.from_pretrained(tiny_export, file_name="model-fp32.onnx")(**enc).last_hidden_state
+    with torch.no_grad():
+        ref = AutoModel.from_pretrained(tiny_bert_dir).eval()(**enc).last_hidden_state
+    assert torch.allclose(torch.as_tensor(got), ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("artifact", ["", "model.onnx", "model-fp32.onnx"])

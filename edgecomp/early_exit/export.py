@@ -162,39 +162,16 @@ def export_onnx_chain(module, io, hidden_size, n_classes, work: Path, opset: int
 
 def export_stage_tflite(module, io, out_path: Path, seq_buckets, quantization: str | None, hidden_size: int,
                         n_classes: int) -> dict:
-    """litert-torch, one fixed-shape signature ``seq<N>`` per bucket (batch 1). Unlike
-    ``lower.tflite.export_tflite`` the inputs here are float hidden states, not only int64 ids."""
-    import torch
-
-    from ..lower.tflite import _named_io, _quant_config, _quiet
-
-    try:
-        import litert_torch
-    except ImportError:
-        raise EdgecompError("the android converter litert-torch is not installed", 'run `pip install -e ".[android]"`') from None
-    buckets = sorted({int(b) for b in seq_buckets}) or [128]
-    wrapped = _named_io(module, list(io.inputs), list(io.outputs))
+    """litert-torch, one fixed-shape signature ``seq<N>`` per bucket (batch 1), through the shared TFLite
+    lowering; the stage's example inputs include float hidden states, not only int64 ids."""
+    from ..lower.tflite import export_tflite
 
     def example(n: int) -> dict:
-        ex = dict(zip(io.inputs, _example_inputs(io, hidden_size, n_classes, length=n, batch=1)))
-        return ex
+        return dict(zip(io.inputs, _example_inputs(io, hidden_size, n_classes, length=n, batch=1)))
 
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    try:
-        with _quiet():
-            conv = None
-            for n in buckets:
-                add = litert_torch.signature if conv is None else conv.signature
-                conv = add(f"seq{n}", wrapped, sample_kwargs=example(n))
-            conv.convert(quant_config=_quant_config(quantization)).export(str(tmp))
-        os.replace(tmp, out_path)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise EdgecompError(f"litert-torch could not convert early-exit stage {io.index} ({first})",
-                            "use a target without a .tflite artifact, or export without --early-exit") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return {"seq_buckets": buckets, "quantization": quantization or "none"}
+    info = export_tflite(module, list(io.inputs), list(io.outputs), out_path, sorted({int(b) for b in seq_buckets}) or [128],
+                         quantization, example_inputs=example)
+    return {"seq_buckets": info["seq_buckets"], "quantization": info["quantization"]}
 
 
 def _ship_onnx_family(module, io, art_specs, out_dir: Path, stem: str, work: Path, opset: int, export_id: str,

@@ -33,18 +33,11 @@ class TFLiteStageRunner:
     and hidden states to the smallest bucket that fits (padding is masked out), crops ``hidden_state``."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise EdgecompError("the LiteRT runtime is not installed", 'run `pip install -e ".[android]"`') from None
+        from ..runtime.litert import open_interpreter
+
         self.path = Path(path)
-        try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-            sigs = self.interpreter.get_signature_list()
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise EdgecompError(f"LiteRT cannot load {self.path.name} ({first})",
-                                "the file is corrupt or truncated: re-run `edgecomp export --early-exit`") from None
+        self.interpreter = open_interpreter(self.path, threads, fix="re-run `edgecomp export --early-exit`")
+        sigs = self.interpreter.get_signature_list()
         self._by_len = {int(m.group(1)): n for n in sigs if (m := _BUCKET.match(n))}
         if not self._by_len:
             raise EdgecompError(f"{self.path.name} has no seq<N> signatures", "re-run `edgecomp export --early-exit`")

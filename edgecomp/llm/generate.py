@@ -112,16 +112,10 @@ class LiteRTCausalLM(_GreedyMixin):
     the smallest bucket that holds it (the padding writes cache rows that real tokens overwrite later)."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise EdgecompError("the LiteRT runtime is not installed", 'run `pip install -e ".[android]"`') from None
+        from ..runtime.litert import open_interpreter
+
         self.path = Path(path)
-        try:
-            self.interp = Interpreter(model_path=str(self.path), num_threads=threads or 1)
-        except Exception as e:
-            raise EdgecompError(f"LiteRT cannot load {self.path.name} ({str(e).splitlines()[0][:200]})",
-                                "re-run `edgecomp export` to rebuild it") from None
+        self.interp = open_interpreter(self.path, threads)
         sigs = self.interp.get_signature_list()
         if "decode" not in sigs:
             raise EdgecompError(f"{self.path.name} has no decode signature", "export it with task text-generation")

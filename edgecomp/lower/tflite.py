@@ -157,8 +157,12 @@ def export_tflite(
     seq_buckets: Sequence[int],
     quantization: str | None,
     batch: int = 1,
+    example_inputs=None,
 ) -> dict:
     """Convert `module(*int64 [batch, L] tensors in input_names order)` to one .tflite at `out_path`.
+
+    `example_inputs(length) -> {name: tensor}` replaces the default all-ones token rows, for modules that
+    take other inputs (early-exit stages take float hidden states).
 
     Returns {"signatures", "seq_buckets", "quantization", "size_bytes", "inputs", "outputs", "convert_s"}.
     """
@@ -176,10 +180,12 @@ def export_tflite(
     out_path = Path(out_path)
     wrapped = _named_io(module, list(input_names), list(output_names))
 
-    def example(length: int) -> dict:
+    def default_example(length: int) -> dict:
         # all-ones ids/mask: a real, unpadded row; token_type_ids must stay within the type vocabulary
         return {n: (torch.zeros if n == "token_type_ids" else torch.ones)(batch, length, dtype=torch.long)
                 for n in input_names}
+
+    example = example_inputs or default_example
 
     start = time.perf_counter()
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")

@@ -59,6 +59,22 @@ def _mute_native_stderr() -> None:
     os.close(devnull)
 
 
+def open_interpreter(path: Path, threads: int | None, fix: str = "re-run `edgecomp export` to rebuild it"):
+    """A plain LiteRT Interpreter (default XNNPACK delegate) with one-line errors; for graphs whose
+    signatures are driven step by step (early-exit stages, KV-cache decoders)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise EdgecompError("the LiteRT runtime is not installed", 'run `pip install -e ".[android]"`') from None
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=threads or 1)
+        interpreter.get_signature_list()
+    except Exception as e:
+        raise EdgecompError(f"LiteRT cannot load {Path(path).name} ({_first_line(e)})",
+                            f"the file is corrupt or truncated: {fix}") from None
+    return interpreter
+
+
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
