@@ -112,18 +112,35 @@ def run(
 
 @app.command()
 def bench(
-    export_dir: Path = typer.Argument(..., help="a folder written by `edgecomp export`"),
+    export_dirs: list[Path] = typer.Argument(..., help="one or more folders written by `edgecomp export`; "
+                                                      "the first is the baseline of the comparison"),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="arm64: also measure under qemu-aarch64"),
     texts: Optional[Path] = typer.Option(None, "--texts", help="text file for fidelity (default: built-in sentences)"),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="with several exports: write comparison.json/.md here"),
 ):
-    """Re-measure every artifact of an export (fidelity, latency, RSS; ARM64 under emulation) and update its manifest."""
+    """Re-measure every artifact of one or more exports (fidelity, latency, RSS; ARM64 under emulation),
+    update their manifests, and with several exports print them side by side."""
     from .benchmark import bench_export
+    from .bench.compare import comparison_rows, table_cells, write_comparison, COLUMNS
 
+    measured = []
     try:
-        manifest = bench_export(export_dir, target=target, texts_file=texts, log=_progress())
+        for d in export_dirs:
+            measured.append((d, bench_export(d, target=target, texts_file=texts, log=_progress())))
+            _print_artifacts(measured[-1][1])
     except EdgecompError as e:
         _fail(e)
-    _print_artifacts(manifest)
+    if len(measured) > 1:
+        rows = comparison_rows(measured)
+        t = Table(title="side by side (ratios vs the first export)")
+        for col in COLUMNS:
+            t.add_column(col)
+        for r in rows:
+            t.add_row(*table_cells(r))
+        out.print(t)
+        if summary:
+            js, md = write_comparison(rows, summary)
+            out.print(f"wrote {js} and {md}")
 
 
 @app.command()

@@ -109,8 +109,9 @@ def produce_onnx(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
         from .optimize.quantize import quantize_onnx
 
         ctx.log(f"quantize: {spec.quantization} -> {spec.filename}")
+        int4_options = {k: spec.options[k] for k in ("block_size", "accuracy_level", "grid") if k in spec.options}
         info["quantization"] = quantize_onnx(src, dst, spec.quantization or "dynamic-per-channel",
-                                             **({"block_size": spec.options["block_size"]} if "block_size" in spec.options else {}))
+                                             **(int4_options if spec.quantization == "block-int4" else {}))
     if ctx.options.custom_ops:
         # After quantization: the quantizers match standard ops only, so functions must wrap their output.
         import onnx
@@ -135,13 +136,6 @@ def produce_ort(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
     if staged != src:
         shutil.copy(src, staged)
     ort_path, cfg = to_ort_format(staged, ctx.out)
-    if spec.precision == "int4":
-        import onnx
-
-        if any(t.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.INT4) for t in onnx.load(str(staged)).graph.initializer):
-            # Measured with ORT 1.31: the converter writes the file, but no ORT-format loader reads 4-bit tensors.
-            raise EdgecompError(f"the ORT format cannot hold {src.name}'s 4-bit embedding table (uint4 tensors)",
-                                "ship the int4 .onnx on ORT Mobile, or drop the `ort` artifact from the target for int4 recipes")
     return ort_path, {"derived_from": src.name, "required_operators_config": cfg.name}
 
 
@@ -221,7 +215,27 @@ def recipe_precision(art: ArtifactSpec, recipe) -> ArtifactSpec:
         return art
     if wanted != "int4":
         raise EdgecompError(f"recipe {recipe.name!r} asks for precision {wanted!r}", "use precision = \"int4\" or leave it to the target")
-    return ArtifactSpec(**{**vars(art), "precision": "int4", "quantization": INT4_SCHEMES[art.format]})
+    options = {**art.options, **({"grid": recipe.options["int4_grid"]} if "int4_grid" in recipe.options else {})}
+    return ArtifactSpec(**{**vars(art), "precision": "int4", "quantization": INT4_SCHEMES[art.format], "options": options})
+
+
+def recipe_artifacts(target: TargetSpec, recipe) -> tuple[list[ArtifactSpec], list[dict]]:
+    """The target's artifacts a recipe can ship. A recipe may list ``formats`` (with ``formats_reason``) when
+    its compression only holds the quality floor in some runtimes; the others are skipped and recorded in
+    the manifest, never silently. If the primary artifact is skipped, the first kept quantized one is primary."""
+    wanted = recipe.options.get("formats")
+    if not wanted:
+        return list(target.artifacts), []
+    kept = [a for a in target.artifacts if a.format in wanted]
+    if not kept:
+        raise EdgecompError(f"recipe {recipe.name!r} ships only {', '.join(wanted)}, and target {target.name!r} has none of them",
+                            "pick a target with one of those formats, or another recipe")
+    reason = recipe.options.get("formats_reason", f"recipe {recipe.name!r} ships only {', '.join(wanted)}")
+    skipped = [{"path": a.filename, "format": a.format, "reason": reason} for a in target.artifacts if a not in kept]
+    if not any(a.primary for a in kept):
+        first = next((a for a in kept if a.precision != "fp32"), kept[0])
+        kept = [ArtifactSpec(**{**vars(a), "primary": a is first}) for a in kept]
+    return kept, skipped
 
 
 def require_tolerance(rec: dict, target: TargetSpec, recipe) -> None:
@@ -281,7 +295,11 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         else:
             ctx = BuildContext(loaded, task, target, options, build, work, log,
                                keep_factorized=bool(recipe.options.get("keep_factorized", False)))
-            records = [produce_and_verify(ctx, recipe_precision(art, recipe), ref, recipe) for art in target.artifacts]
+            arts, skipped = recipe_artifacts(target, recipe)
+            if skipped:
+                log(f"skip: {', '.join(a['path'] for a in skipped)} (recipe {recipe.name!r}: {skipped[0]['reason']})")
+                extra_blocks["skipped_artifacts"] = skipped
+            records = [produce_and_verify(ctx, recipe_precision(art, recipe), ref, recipe) for art in arts]
 
         shutil.rmtree(work, ignore_errors=True)
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT

@@ -70,6 +70,8 @@ CONFIGS: dict[str, tuple[list, str, str]] = {
     "asvd-ff-r1.5": ([{"method": "lowrank", "modules": FF, "ratio": 1.5, "activation_aware": True}], "recovery", ""),
     "asvd-ff-r1.5+distill-q8": ([{"method": "lowrank", "modules": FF, "ratio": 1.5, "activation_aware": True},
                                  {"method": "distill", "fake_quant": "int8"}], "recovery", ""),
+    "asvd-ff-r1.5+distill-q4": ([{"method": "lowrank", "modules": FF, "ratio": 1.5, "activation_aware": True},
+                                 {"method": "distill", "fake_quant": "int4"}], "recovery", "fewer MACs and int4"),
     "distill-q4": ([{"method": "distill", "fake_quant": "int4"}], "recovery",
                    "no compression; quantization-aware recovery for int4"),
     # --- candidates for the `small` recipe (< 8 MB)
@@ -78,6 +80,11 @@ CONFIGS: dict[str, tuple[list, str, str]] = {
     "small-b": ([{"method": "ae-embedding", "latent_dim": 128},
                  {"method": "lowrank", "modules": FF, "ratio": 1.5, "activation_aware": True},
                  {"method": "distill", "fake_quant": "int4"}], "small", ""),
+    # the ~8.9 MB point: the smallest table that keeps int4 layers, with int4-aware recovery of everything after it
+    "ae-emb-96+distill-q4": ([{"method": "ae-embedding", "latent_dim": 96},
+                              {"method": "distill", "fake_quant": "int4"}], "small", ""),
+    "ae-emb-128+distill-q4": ([{"method": "ae-embedding", "latent_dim": 128},
+                               {"method": "distill", "fake_quant": "int4"}], "small", ""),
     "none-b128": ([], "baseline", "int4 artifact with blocks of 128"),
     "distill-q4-b128": ([{"method": "distill", "fake_quant": "int4", "block_size": 128}], "recovery", "int4 artifact with blocks of 128"),
 }

@@ -110,6 +110,55 @@ def test_bench_updates_manifest(tiny_export):
         before["artifacts"][0]["metrics"]["fidelity"]["cos_mean"], abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def tiny_int4_export(tiny_bert_dir, tmp_path_factory) -> Path:
+    """Block-int4 (4-bit embedding table included) as .onnx and as ORT format."""
+    d = tmp_path_factory.mktemp("int4")
+    t = d / "int4.toml"
+    t.write_text(
+        'name = "int4"\nopset = 18\n[tolerance]\ncos_mean = 0.9\ncos_min = 0.8\n'
+        '[bench]\nbatch = 1\nseq_len = 32\nthreads = [1]\nwarmup = 1\nruns = 3\n'
+        '[[artifacts]]\nname = "model"\nformat = "onnx"\nprecision = "int4"\nquantization = "block-int4"\n'
+        'block_size = 16\naccuracy_level = 4\nprimary = true\n'
+        '[[artifacts]]\nname = "model"\nformat = "ort"\nprecision = "int4"\nquantization = "block-int4"\nblock_size = 16\n')
+    out = d / "o"
+    res = runner.invoke(app, ["export", str(tiny_bert_dir), "--target", str(t), "-o", str(out), "--no-bench"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_int4_onnx_and_ort_agree(tiny_int4_export, unseen_texts):
+    """The ORT format reads no 4-bit tensors, so tables are packed as uint8 (bits=4): .onnx and .ort agree exactly."""
+    import onnx
+    from transformers import AutoTokenizer
+
+    from edgecomp.runtime import open_artifact
+
+    out = tiny_int4_export
+    ops = {n.op_type: n for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {a.name: a.i for a in ops["GatherBlockQuantized"].attribute}["bits"] == 4
+    assert {a.name: a.i for a in ops["MatMulNBits"].attribute}["accuracy_level"] == 4
+    enc = AutoTokenizer.from_pretrained(out)(unseen_texts[:4], padding="max_length", max_length=16,
+                                             truncation=True, return_tensors="np")
+    feeds = {k: v.astype(np.int64) for k, v in enc.items()}
+    a = open_artifact(out / "model.onnx", threads=1).run(feeds)
+    b = open_artifact(out / "model.ort", threads=1).run(feeds)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_bench_compares_exports_side_by_side(tiny_export, tiny_int4_export, tmp_path):
+    res = runner.invoke(app, ["bench", str(tiny_export), str(tiny_int4_export), "--summary", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "comparison.json").read_text())["rows"]
+    by = {(r["export"], r["artifact"]): r for r in rows}
+    base = by[(str(tiny_export), "model.onnx")]
+    int4 = by[(str(tiny_int4_export), "model.onnx")]
+    assert base["size_ratio"] == 1.0 and int4["size_ratio"] < 1.0  # int4 vs int8, same format
+    assert int4["p50_ms_1thr"] > 0 and int4["peak_rss_mb"] > 0
+    assert "| model.onnx |" in (tmp_path / "comparison.md").read_text().replace(str(tiny_int4_export), "")
+
+
 # --- bad input: one line naming problem and fix, non-zero exit, no half-written output -------------------
 
 
@@ -235,3 +284,19 @@ def test_classifier_export_and_run_names_labels(tmp_path, fast_target):
     recs = [json.loads(ln) for ln in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(recs) == 2 and {r["label"] for r in recs} <= {"negative", "positive"}
     assert all(abs(sum(r["probs"]) - 1) < 1e-4 for r in recs)
+
+
+def test_recipe_formats_skip_artifacts_and_move_primary():
+    """A recipe that only holds its quality floor in some runtimes ships those, records the rest as skipped."""
+    from edgecomp.errors import EdgecompError
+    from edgecomp.models import Recipe
+    from edgecomp.pipeline import recipe_artifacts
+    from edgecomp.targets import load_target
+
+    android = load_target("android")
+    kept, skipped = recipe_artifacts(android, Recipe("r", options={"formats": ["onnx", "ort"], "formats_reason": "why"}))
+    assert [a.format for a in kept] == ["onnx", "ort"] and [a.primary for a in kept] == [True, False]
+    assert skipped == [{"path": "model.tflite", "format": "tflite", "reason": "why"}]
+    assert recipe_artifacts(android, Recipe("none")) == (list(android.artifacts), [])
+    with pytest.raises(EdgecompError, match="ships only coreml"):
+        recipe_artifacts(android, Recipe("r", options={"formats": ["coreml"]}))

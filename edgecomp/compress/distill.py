@@ -9,7 +9,9 @@ Minutes on 2 CPU cores for MiniLM.
 
 With `fake_quant = "int8"` / `"int4"` the MatMul weights are seen through the quantizer the pipeline
 applies afterwards (ORT dynamic int8 per output channel; or MatMulNBits 4-bit symmetric blocks along the
-input axis), straight-through, so training also recovers the quantization error.
+input axis), straight-through, so training also recovers the quantization error. `"int4-litert"` is the
+4-bit grid of LiteRT's blockwise recipe, which ORT's MatMulNBits can store exactly too (quantize_onnx
+with grid="litert"): one trained model then quantizes to the same weights in .onnx, .ort and .tflite.
 
 Step keys: steps (per block), lr, batch_size, fake_quant, block_size, train_tables, sequential.
 """
@@ -32,7 +34,7 @@ class DistillConfig:
     steps: int = 100
     lr: float = 1e-4  # measured: 5e-4 overfits the calibration text, 2e-5 recovers less
     batch_size: int = 16
-    fake_quant: str = "none"  # "int8" | "int4": train through the pipeline's quantizer
+    fake_quant: str = "none"  # "int8" | "int4" | "int4-litert": train through the pipeline's quantizer
     block_size: int = 32  # int4 block along the input axis
     train_tables: bool = False  # update Gather tables too (only rows seen in calibration would move)
     sequential: bool = True  # feed each block the student's own previous output
@@ -43,8 +45,8 @@ class DistillConfig:
         check(self.steps >= 1, f"steps = {self.steps} is not positive", "use e.g. steps = 150")
         check(self.final_steps >= 0, f"final_steps = {self.final_steps} is negative", "use e.g. final_steps = 100")
         check(self.lr > 0, f"lr = {self.lr} is not positive", "use e.g. lr = 0.0005")
-        check(self.fake_quant in ("none", "int8", "int4"), f"fake_quant = {self.fake_quant!r} is unknown",
-              'use "none", "int8" or "int4"')
+        check(self.fake_quant in ("none", "int8", "int4", "int4-litert"), f"fake_quant = {self.fake_quant!r} is unknown",
+              'use "none", "int8", "int4" or "int4-litert"')
         check(self.block_size >= 8 and self.block_size & (self.block_size - 1) == 0,
               f"block_size = {self.block_size} is not a power of two >= 8", "use 32 or 128")
         check(self.max_minutes > 0, "max_minutes must be positive", "use e.g. max_minutes = 5")
@@ -73,6 +75,20 @@ def fake_quant_int4(w_in_out: torch.Tensor, block: int) -> torch.Tensor:
     return w_in_out + (q - w_in_out).detach()
 
 
+def fake_quant_int4_litert(w_in_out: torch.Tensor, block: int) -> torch.Tensor:
+    """ai-edge-quantizer's blockwise int4 (LiteRT): scale = absmax/7 per block along the input axis, rounded
+    to a bfloat16 mantissa; values round half-to-even into [-8, 7]. MatMulNBits stores it as q + 8."""
+    k, n = w_in_out.shape
+    pad = (-k) % block
+    w = nn.functional.pad(w_in_out, (0, 0, 0, pad)).reshape(-1, block, n)
+    scale = (w.abs().amax(1, keepdim=True).clamp_min(1e-9) / 7.0).to(torch.bfloat16).to(torch.float16).to(torch.float32)
+    q = (torch.clamp(torch.round(w / scale), -8, 7) * scale).reshape(-1, n)[:k]
+    return w_in_out + (q - w_in_out).detach()
+
+
+FAKE_QUANT = {"int8": lambda w, block: fake_quant_int8(w), "int4": fake_quant_int4, "int4-litert": fake_quant_int4_litert}
+
+
 class _FakeQuant(nn.Module):
     """A parametrization: what the module computes with is the quantized weight; it trains the raw one."""
 
@@ -82,7 +98,7 @@ class _FakeQuant(nn.Module):
 
     def forward(self, w):
         x = w.T if self.transposed else w  # the quantizer sees MatMul's [in, out]
-        x = fake_quant_int8(x) if self.kind == "int8" else fake_quant_int4(x, self.block)
+        x = FAKE_QUANT[self.kind](x, self.block)
         return x.T if self.transposed else x
 
 
@@ -98,7 +114,7 @@ def add_fake_quant(block: nn.Module, kind: str, block_size: int) -> list:
     done = []
     for mod in block.modules():
         table = GATHER_TABLES.get(type(mod))
-        if kind == "int4" and table is not None:
+        if kind.startswith("int4") and table is not None:
             # the int4 path also quantizes Gather tables (GatherBlockQuantized: blocks along each row),
             # so the blocks downstream train against the int4 table error (the rows themselves stay frozen)
             parametrize.register_parametrization(mod, table, _FakeQuant(kind, block_size, transposed=True))
@@ -234,7 +250,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
         emb = embeddings_block(model)
         compressed_table = emb is not None and any(isinstance(m, (FactorizedEmbedding, KroneckerEmbedding))
                                                    for m in emb.modules())
-        if emb is not None and (compressed_table or cfg.fake_quant == "int4"):  # int4 also quantizes the tables
+        if emb is not None and (compressed_table or cfg.fake_quant.startswith("int4")):  # int4 also quantizes the tables
             params = [p for p in emb.parameters() if cfg.train_tables or id(p) not in gather_tables(emb)]
             fq = add_fake_quant(emb, cfg.fake_quant, cfg.block_size) if cfg.fake_quant != "none" else []
 

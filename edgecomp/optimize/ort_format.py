@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ def to_ort_format(src: Path, out_dir: Path) -> tuple[Path, Path]:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     src, out_dir = Path(src), Path(out_dir)
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # an INFO line per written config
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         work = Path(tmp) / src.name
         shutil.copy(src, work)

@@ -45,6 +45,8 @@ def render(manifest: dict) -> str:
             f"{_fmt(met.get('peak_rss_mb'), 1)} | {_fmt(th.get('1', {}).get('p50'), 2)} | {_fmt(th.get('2', {}).get('p50'), 2)} | "
             f"{_fmt(fid.get('cos_mean'))} | {_fmt(fid.get('cos_min'))} | {_fmt(fid.get('max_abs_diff'))} |"
         )
+    for sk in manifest.get("skipped_artifacts", []):
+        lines.append(f"| `{sk['path']}` | {sk['format']} | — | — | not built | | | | | | | {sk['reason']} |")
     lat0 = next((a["metrics"].get("latency_ms") for a in manifest["artifacts"] if a.get("metrics", {}).get("latency_ms")), None)
     if lat0:
         lines += ["", f"Latency: batch {lat0['batch']}, sequence {lat0['seq_len']}, median (p50) of {next(iter(lat0['threads'].values()))['runs']} runs after warm-up."]
