@@ -25,6 +25,20 @@ def classify(path: str) -> str:
     return "norms_other"
 
 
+def initializer_nbytes(init) -> int:
+    """Bytes an initializer takes as stored. 4-bit tensors written without raw_data would unpack to one
+    byte per value through to_array(); they are stored two per byte."""
+    import math
+
+    import onnx
+
+    if init.raw_data:
+        return len(init.raw_data)
+    if init.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (math.prod(init.dims) + 1) // 2
+    return onnx.numpy_helper.to_array(init).nbytes
+
+
 def onnx_size_breakdown(path: Path) -> dict:
     import onnx
 
@@ -35,7 +49,7 @@ def onnx_size_breakdown(path: Path) -> dict:
             consumers.setdefault(i, []).append(node.name)
     out = dict.fromkeys(COMPONENTS, 0)
     for init in m.graph.initializer:
-        nbytes = len(init.raw_data) if init.raw_data else onnx.numpy_helper.to_array(init).nbytes
+        nbytes = initializer_nbytes(init)
         where = " ".join([init.name, *consumers.get(init.name, [])])
         out[classify(where)] += nbytes
     total = Path(path).stat().st_size

@@ -99,7 +99,8 @@ def size_breakdown(path: str | Path) -> dict[str, int]:
     """Initializer bytes by part, classified by the initializer's name or else its consumer's node name
     (the TorchScript exporter names folded weights `onnx::MatMul_N`; the node keeps the module scope)."""
     import onnx
-    from onnx import numpy_helper
+
+    from ..bench.size import initializer_nbytes
 
     m = onnx.load(str(path))
     consumer = {}
@@ -109,8 +110,7 @@ def size_breakdown(path: str | Path) -> dict[str, int]:
     out = {"token_embeddings": 0, "attention": 0, "feed_forward": 0, "norms_other": 0}
     for init in m.graph.initializer:
         key = init.name + " " + consumer.get(init.name, "")
-        # raw bytes as stored: to_array() unpacks 4-bit tensors (GatherBlockQuantized) to one byte each
-        nbytes = len(init.raw_data) if init.raw_data else numpy_helper.to_array(init).nbytes
+        nbytes = initializer_nbytes(init)
         if "word_embeddings" in key:
             out["token_embeddings"] += nbytes
         elif "attention" in key and "LayerNorm" not in key:
