@@ -85,8 +85,9 @@ def _print_artifacts(manifest: dict) -> None:
         m = a.get("metrics", {})
         f = m.get("fidelity", {})
         lat = m.get("latency_ms") or {}
-        t.add_row(a["path"], a["precision"], f"{a['size_bytes'] / 1e6:.1f}", f"{f.get('cos_mean', float('nan')):.4f}",
-                  f"{f.get('cos_min', float('nan')):.4f}", str(lat.get("p50", "—")), str(m.get("peak_rss_mb") or "—"))
+        cos = [f"{f[k]:.4f}" if isinstance(f.get(k), (int, float)) else "—" for k in ("cos_mean", "cos_min")]
+        t.add_row(a["path"], a["precision"], f"{a['size_bytes'] / 1e6:.1f}", *cos,
+                  str(lat.get("p50", "—")), str(m.get("peak_rss_mb") or "—"))
     out.print(t)
 
 

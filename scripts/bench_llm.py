@@ -238,6 +238,8 @@ def build_variants(loaded, work: Path, log) -> list[OrtVariant]:
          LlmQuantConfig("q4_1", "int8-split", accuracy_level=4)),
         ("edgecomp int8 per-channel layers + 8-bit table", LlmQuantConfig("int8-per-channel", "int8-split")),
         ("edgecomp 4-bit Q4_1 layers + 4-bit table", LlmQuantConfig("q4_1", "int4")),
+        ("edgecomp 4-bit Q4_1 layers + 4-bit table, int8 activations (accuracy_level 4, head too)",
+         LlmQuantConfig("q4_1", "int4", accuracy_level=4, head_accuracy_level=4)),
         ("edgecomp 4-bit int-zp block 64 + 4-bit table block 64", LlmQuantConfig("int4", "int4", block_size=64,
                                                                                    table_block_size=64)),
     ]

@@ -333,9 +333,13 @@ def main():
     ap.add_argument("--render", type=Path, help="only re-render the Markdown of an existing JSON result")
     ap.add_argument("--merge", type=Path, nargs="*", default=[], help="add the configs of earlier JSON results")
     args = ap.parse_args()
-    if args.render:
+    if args.render:  # with --merge: fold later --only runs (same texts and seeds) into this result
         res = json.loads(args.render.read_text())
+        for earlier in args.merge:
+            res["configs"].update(json.loads(earlier.read_text())["configs"])
         res["claims"] = claims(res)
+        if args.merge:
+            atomic_write(args.render, json.dumps(res, indent=1))
         atomic_write(args.render.with_suffix(".md"), markdown(res))
         return
     if args.only:

@@ -71,3 +71,28 @@ def test_fake_quantizers_match_onnxruntime(tmp_path):
     wt = torch.from_numpy(w).requires_grad_(True)
     fake_quant_int8(wt).sum().backward()
     assert torch.equal(wt.grad, torch.ones_like(wt))  # straight-through
+
+
+def _tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_distill_on_a_causal_lm():
+    """Llama: the table sits next to the blocks (model.embed_tokens), blocks take position embeddings and
+    the mask as kwargs, and the model passes a KV cache that replayed blocks must not append to."""
+    untouched = compress_model(_tiny_llama(), [{"method": "distill", "steps": 1}], calibration())
+    for block, m in untouched["steps"][0]["fidelity"]["block_mse"].items():
+        assert m["before"] < 1e-10, block  # replaying the teacher's own blocks reproduces their outputs
+    model = _tiny_llama()
+    report = compress_model(model, [{"method": "lowrank", "modules": "model.layers.*.mlp.*", "rank": 8},
+                                    {"method": "distill", "steps": 30, "lr": 2e-3}], calibration())
+    for block, m in report["steps"][1]["fidelity"]["block_mse"].items():
+        assert m["after"] < m["before"], block
+    assert isinstance(model.model.layers[0].mlp.up_proj, LowRankLinear)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tied head stays tied

@@ -144,17 +144,24 @@ def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+# A decoder passes its KV cache to every block; replaying a block with it would append to the cache and
+# attend over the stale keys too, so the replayed calls run without one.
+CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past", "use_cache")
+
+
 @torch.no_grad()
-def capture(model: nn.Module, calibration: Calibration, batch_size: int, blocks_name: str):
-    """Per batch: embeddings-module output, and per block (args, kwargs, output)."""
+def capture(model: nn.Module, calibration: Calibration, batch_size: int, blocks_name: str, keep_out: bool = True):
+    """Per batch: embeddings-module output, and per block (args, kwargs, output); the model's output only
+    if `keep_out` (a causal LM's is vocabulary-wide logits: hundreds of MB per batch)."""
     blocks = model.get_submodule(blocks_name)
-    emb = embeddings_block(model)
+    emb = embeddings_block(model, blocks_name)
     records = []
     for batch in calibration.batches(batch_size):
         rec = {"batch": batch, "blocks": []}
         hooks = []
         for blk in blocks:
             def pre(mod, args, kwargs, rec=rec):
+                kwargs = {k: v for k, v in kwargs.items() if k not in CACHE_KWARGS}
                 rec["blocks"].append([args, kwargs, None])
             def post(mod, args, kwargs, out, rec=rec):
                 rec["blocks"][-1][2] = out[0] if isinstance(out, tuple) else out
@@ -164,7 +171,8 @@ def capture(model: nn.Module, calibration: Calibration, batch_size: int, blocks_
             hooks.append(emb.register_forward_hook(lambda m, a, o, rec=rec: rec.__setitem__("emb", o)))
         try:
             out = model(**batch)
-            rec["out"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            if keep_out:
+                rec["out"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         finally:
             for h in hooks:
                 h.remove()
@@ -172,14 +180,47 @@ def capture(model: nn.Module, calibration: Calibration, batch_size: int, blocks_
     return records
 
 
-def embeddings_block(model: nn.Module) -> nn.Module | None:
-    """The module holding the token table (BERT: [bert.]embeddings), trained first when it was compressed."""
+def embeddings_block(model: nn.Module, blocks_name: str) -> nn.Module | None:
+    """The module holding the token table (BERT: [bert.]embeddings), trained first when it was compressed.
+    Where the table sits in the model body itself (Llama: model.embed_tokens next to model.layers), its
+    parent is the whole body, so the table alone is the embeddings block."""
     from .embedding import input_table_name
 
     name = input_table_name(model)
     if not name or "." not in name:
         return None
-    return model.get_submodule(name.rpartition(".")[0])
+    parent = name.rpartition(".")[0]
+    return model.get_submodule(name if blocks_name.startswith(parent + ".") else parent)
+
+
+def run_embeddings(emb: nn.Module, batch: dict) -> torch.Tensor:
+    if isinstance(emb, tuple(GATHER_TABLES)):  # a bare table: forward(input_ids) only
+        return emb(batch["input_ids"])
+    return emb(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+
+
+class _Reached(Exception):
+    pass
+
+
+@torch.no_grad()
+def first_block_input(model: nn.Module, blocks: nn.ModuleList, batch: dict) -> torch.Tensor:
+    """What the model feeds its first block (embeddings plus whatever the body adds, e.g. GPT-2's
+    positions), running the model only that far."""
+    got = {}
+
+    def pre(mod, args, kwargs):
+        got["hidden"] = args[0] if args else kwargs["hidden_states"]
+        raise _Reached
+
+    hook = blocks[0].register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        model(**batch)
+    except _Reached:
+        pass
+    finally:
+        hook.remove()
+    return got["hidden"]
 
 
 def gather_tables(module: nn.Module) -> set[int]:
@@ -241,13 +282,13 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
     rep = StepReport("distill", asdict(cfg))
     deadline = time.monotonic() + 60 * cfg.max_minutes
     blocks_name, _ = blocks_of(model)
-    teacher = capture(reference, cal, cfg.batch_size, blocks_name)
+    teacher = capture(reference, cal, cfg.batch_size, blocks_name, keep_out=cfg.final_steps > 0)
     student_blocks = model.get_submodule(blocks_name)
     losses = {}
     model.eval()  # train in eval mode: attention modules read self.training for their dropout
     with torch.enable_grad():
         # 1. the embeddings block (only if a table was replaced; otherwise its error is zero already)
-        emb = embeddings_block(model)
+        emb = embeddings_block(model, blocks_name)
         compressed_table = emb is not None and any(isinstance(m, (FactorizedEmbedding, KroneckerEmbedding))
                                                    for m in emb.modules())
         if emb is not None and (compressed_table or cfg.fake_quant.startswith("int4")):  # int4 also quantizes the tables
@@ -256,7 +297,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
 
             def emb_loss(i):
                 b = teacher[i]["batch"]
-                got = emb(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
+                got = run_embeddings(emb, b)
                 return token_mse(got, teacher[i]["emb"], b["attention_mask"])
             first, last, n = _train(emb, params, cfg.steps, cfg.lr, emb_loss, len(teacher), deadline)
             remove_fake_quant(fq)
@@ -267,7 +308,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
         with torch.no_grad():
             for rec in teacher:
                 b = rec["batch"]
-                inputs.append(emb(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
+                inputs.append(first_block_input(model, student_blocks, b)
                               if cfg.sequential and emb is not None else _hidden_in(rec["blocks"][0]))
         remove_fake_quant(fq)
         for j, blk in enumerate(student_blocks):

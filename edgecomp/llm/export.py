@@ -155,8 +155,10 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
             log(f"convert: ORT format -> {spec.filename}")
             dst, cfg_path = to_ort_format(staged, build_dir)
             extra = {"required_operators_config": Path(cfg_path).name}
-        rec = {"path": Path(dst).name, "format": spec.format, "runtime": spec.runtime, "precision": spec.precision,
-               "quantization": spec.quantization, "primary": spec.primary, "exporter": io.get("exporter"),
+        rec = {"path": Path(dst).name, "format": spec.format, "runtime": spec.runtime,
+               # what the recipe's scheme actually stores (a recipe can turn the target's int8 into 4-bit)
+               "precision": LAYER_PRECISION.get(cfg.layers, spec.precision) if cfg else spec.precision,
+               "quantization": cfg.name if cfg else spec.quantization, "primary": spec.primary, "exporter": io.get("exporter"),
                "llm_quantization": qinfo, "simplify": io.get("simplify"), **extra}
         if verify:
             log(f"verify: {rec['path']} greedy decoding + NLL vs PyTorch")
@@ -167,6 +169,8 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
     return records
 
 
+LAYER_PRECISION = {"q4_1": "int4", "int4": "int4", "int2": "int2", "int8": "int8", "int8-per-channel": "int8",
+                   "none": "fp32"}
 TFLITE_QUANTIZATION = {"dynamic-int8": "dynamic_int8", "dynamic-per-channel": "dynamic_int8",
                        "block-int4": "dynamic_int4_block32", "int4-block32": "dynamic_int4_block32",
                        "int4-block128": "dynamic_int4_block128", "weight-only-int8": "weight_only_int8"}
@@ -194,8 +198,9 @@ def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, texts, verify: b
     dst = build_dir / spec.filename
     log(f"convert: litert-torch -> {spec.filename} ({quant}, prefill {list(buckets)}, KV cache {kv_len})")
     info = export_causal_lm_tflite(hf_dir, dst, quant, buckets, kv_len)
-    rec = {"path": dst.name, "format": "tflite", "runtime": spec.runtime, "precision": spec.precision,
-           "quantization": spec.quantization, "primary": spec.primary, "seq_buckets": list(buckets), **info}
+    rec = {"path": dst.name, "format": "tflite", "runtime": spec.runtime,
+           "precision": next((p for p in ("int4", "int8") if p in quant), spec.precision) if quant != "none" else "fp32",
+           "quantization": quant, "primary": spec.primary, "seq_buckets": list(buckets), **info}
     if verify:
         log(f"verify: {dst.name} greedy decoding + NLL vs PyTorch")
         rec["metrics"] = {"fidelity": verify_causal_lm(dst, loaded, texts or _default_texts())}

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import EdgecompError
+from ..lower.tflite import quiet_converter
 
 QUANTIZATIONS = ("none", "dynamic_int8", "weight_only_int8", "dynamic_int4_block32", "dynamic_int4_block128", "fp16")
 
@@ -83,7 +84,7 @@ def export_causal_lm_tflite(model_dir: Path, out_path: Path, quantization: str =
     model = model_builder.build_decoder_only_model(checkpoint_path=str(model_dir), config=config,
                                                    tensor_names=model_builder.TENSOR_NAMES,
                                                    model_class=model_builder.DecoderOnlyModel)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp, quiet_converter():
         produced = converter.convert_to_tflite(model, output_path=tmp, output_name_prefix="model",
                                                prefill_seq_len=list(prefill_seq_lens), kv_cache_max_len=kv_cache_max_len,
                                                quantize=quantization, config=config,

@@ -54,7 +54,7 @@ def _quant_config(quantization: str | None):
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_converter():
     """litert-torch prints a progress line per stage, warns about the int64->int32 input downcast we
     rely on, and ai-edge-quantizer prints tqdm bars and size summaries: keep the export output readable."""
     old_progress = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
@@ -190,7 +190,7 @@ def export_tflite(
     start = time.perf_counter()
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
-        with _quiet():
+        with quiet_converter():
             converter = None
             for length in buckets:
                 add = litert_torch.signature if converter is None else converter.signature
