@@ -240,6 +240,10 @@ def build_variants(loaded, work: Path, log) -> list[OrtVariant]:
         ("edgecomp 4-bit Q4_1 layers + 4-bit table", LlmQuantConfig("q4_1", "int4")),
         ("edgecomp 4-bit Q4_1 layers + 4-bit table, int8 activations (accuracy_level 4, head too)",
          LlmQuantConfig("q4_1", "int4", accuracy_level=4, head_accuracy_level=4)),
+        ("edgecomp 4-bit Q4_1 layers + 4-bit table, int8 activations in layers only",
+         LlmQuantConfig("q4_1", "int4", accuracy_level=4)),
+        ("edgecomp 4-bit Q4_1 layers + 4-bit table, int8 activations in the LM head only",
+         LlmQuantConfig("q4_1", "int4", head_accuracy_level=4)),
         ("edgecomp 4-bit int-zp block 64 + 4-bit table block 64", LlmQuantConfig("int4", "int4", block_size=64,
                                                                                    table_block_size=64)),
     ]
