@@ -79,28 +79,61 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-class LiteRTRunner:
-    def __init__(self, path: Path, threads: int | None = None):
+def open_compiled_model(path: Path, threads: int | None, fix: str = "re-run `edgecomp export` to rebuild it"):
+    """A LiteRT CompiledModel on XNNPACK with the in-memory weight cache (one packed weight copy for all
+    signatures; see the module docstring), with one-line errors."""
+    try:
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
         from ai_edge_litert.options import CpuOptions, Options
+    except ImportError:
+        raise EdgecompError("the LiteRT runtime is not installed", 'run `pip install -e ".[android]"`') from None
+    cpu = CpuOptions(num_threads=int(threads or 1), xnnpack_weight_cache_path=_IN_MEMORY_WEIGHT_CACHE)
+    with native_stderr_silenced():  # LiteRT logs every environment, model and delegate it creates
+        environment = _environment()
+        try:
+            # CompiledModel.from_file does not verify the flatbuffer (a truncated file segfaults the
+            # process); the Interpreter's loader does, without delegating or allocating anything.
+            Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            return CompiledModel.from_file(str(path), environment=environment, options=Options(cpu_options=cpu))
+        except Exception as e:
+            raise EdgecompError(f"LiteRT cannot load {Path(path).name} ({_first_line(e)})",
+                                f"the file is corrupt or truncated: {fix}") from None
 
+
+class SignatureSession:
+    """Run a CompiledModel's signatures by name on numpy arrays (like the Interpreter's signature runners,
+    but over the shared weight cache): ``session.run("decode", tokens=..., ...)`` -> {output: array}.
+    Each signature's tensor buffers are made on first use and reused."""
+
+    def __init__(self, model):
+        self.model = model
+        self.signatures = model.get_signature_list()
+        self._buffers: dict[str, tuple[dict, dict]] = {}
+        self._outputs = {s: model.get_output_tensor_details(s) for s in self.signatures}
+
+    def input_details(self, signature: str) -> dict:
+        return self.model.get_input_tensor_details(signature)
+
+    def run(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if signature not in self._buffers:
+            with native_stderr_silenced():
+                ins = {k: self.model.create_input_buffer_by_name(signature, k) for k in self.signatures[signature]["inputs"]}
+                outs = {k: self.model.create_output_buffer_by_name(signature, k) for k in self.signatures[signature]["outputs"]}
+            self._buffers[signature] = ins, outs
+        ins, outs = self._buffers[signature]
+        for k, buf in ins.items():
+            buf.write(np.ascontiguousarray(inputs[k]))
+        self.model.run_by_name(signature, ins, outs)
+        details = self._outputs[signature]
+        return {k: buf.read(math.prod(details[k]["shape"]), np.dtype(details[k]["dtype"])).reshape(details[k]["shape"])
+                for k, buf in outs.items()}
+
+
+class LiteRTRunner:
+    def __init__(self, path: Path, threads: int | None = None):
         self.path = Path(path)
-        cpu = CpuOptions(num_threads=int(threads or 1), xnnpack_weight_cache_path=_IN_MEMORY_WEIGHT_CACHE)
-        with native_stderr_silenced():  # LiteRT logs every environment, model and delegate it creates
-            environment = _environment()
-            try:
-                # CompiledModel.from_file does not verify the flatbuffer (a truncated file segfaults the
-                # process); the Interpreter's loader does, without delegating or allocating anything.
-                Interpreter(model_path=str(self.path),
-                            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-                self._model = CompiledModel.from_file(str(self.path), environment=environment,
-                                                      options=Options(cpu_options=cpu))
-            except Exception as e:
-                raise EdgecompError(
-                    f"LiteRT cannot load {self.path.name} ({_first_line(e)})",
-                    "the file is corrupt or truncated: re-run `edgecomp export` to rebuild it",
-                ) from None
+        self._model = open_compiled_model(self.path, threads)
         signatures = self._model.get_signature_list()
         by_len = {int(m.group(1)): name for name in signatures if (m := _BUCKET.match(name))}
         if not by_len:
