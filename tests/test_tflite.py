@@ -144,3 +144,43 @@ def test_corrupt_file_is_a_clear_error(exported, tmp_path):
 def test_unknown_quantization_is_rejected(bert, tmp_path):
     with pytest.raises(EdgecompError, match="unknown TFLite quantization"):
         export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "m.tflite", [8], "int3")
+
+
+def test_int4_tflite_quantizes_layernorm_folded_weights(bert, tmp_path):
+    """What "int4-tflite" distillation trains for: LiteRT's converter folds each LayerNorm's scale into the
+    Linear it feeds before quantizing, so those FULLY_CONNECTED blocks carry the scales of W·diag(gamma)
+    (value, intermediate exactly; query and key also times d^-1/4), and the others those of W."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgecomp.compress.distill import layernorm_inputs
+    from edgecomp.optimize.quantize import litert_int4_blocks
+
+    import copy
+
+    bert = copy.deepcopy(bert)
+    with torch.no_grad():  # random-init LayerNorms have gamma = 1, which folds to nothing
+        for m in bert.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+    export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "int4.tflite", [16], "int4-block")
+    it = Interpreter(str(tmp_path / "int4.tflite"))
+    details = it.get_tensor_details()
+    stored = [details[o["inputs"][1]]["quantization_parameters"]["scales"]
+              for o in it._get_ops_details() if o["op_name"] == "FULLY_CONNECTED"]
+    folds = layernorm_inputs(bert, {k: torch.from_numpy(v) for k, v in _feeds(2, 16, seed=3).items()})
+    layer = bert.encoder.layer[0]
+    assert set(folds) >= {layer.attention.self.query, layer.attention.self.key, layer.attention.self.value,
+                          layer.intermediate.dense}
+    assert layer.attention.output.dense not in folds and layer.output.dense not in folds
+
+    def scales(linear, fold: bool):
+        w = linear.weight.detach().numpy()
+        if fold:
+            w = w * folds[linear].weight.detach().numpy()[None, :]
+        return litert_int4_blocks(w, 32)[1].ravel()
+
+    for linear in (layer.attention.self.value, layer.intermediate.dense):
+        assert any(s.shape == scales(linear, True).shape and np.array_equal(s, scales(linear, True)) for s in stored)
+        assert not any(s.shape == scales(linear, False).shape and np.array_equal(s, scales(linear, False)) for s in stored)
+    out_dense = scales(layer.attention.output.dense, False)
+    assert any(s.shape == out_dense.shape and np.array_equal(s, out_dense) for s in stored)

@@ -11,7 +11,8 @@ With `fake_quant = "int8"` / `"int4"` the MatMul weights are seen through the qu
 applies afterwards (ORT dynamic int8 per output channel; or MatMulNBits 4-bit symmetric blocks along the
 input axis), straight-through, so training also recovers the quantization error. `"int4-litert"` is the
 4-bit grid of LiteRT's blockwise recipe, which ORT's MatMulNBits can store exactly too (quantize_onnx
-with grid="litert"): one trained model then quantizes to the same weights in .onnx, .ort and .tflite.
+with grid="litert"). `"int4-tflite"` is what a .tflite actually ships: LiteRT's grid applied after its
+converter folds each LayerNorm's scale into the following Linear (see layernorm_inputs).
 
 Step keys: steps (per block), lr, batch_size, fake_quant, block_size, train_tables, sequential.
 """
@@ -34,7 +35,7 @@ class DistillConfig:
     steps: int = 100
     lr: float = 1e-4  # measured: 5e-4 overfits the calibration text, 2e-5 recovers less
     batch_size: int = 16
-    fake_quant: str = "none"  # "int8" | "int4" | "int4-litert": train through the pipeline's quantizer
+    fake_quant: str = "none"  # "int8" | "int4" | "int4-litert" | "int4-tflite": the quantizer that ships
     block_size: int = 32  # int4 block along the input axis
     train_tables: bool = False  # update Gather tables too (only rows seen in calibration would move)
     sequential: bool = True  # feed each block the student's own previous output
@@ -45,8 +46,8 @@ class DistillConfig:
         check(self.steps >= 1, f"steps = {self.steps} is not positive", "use e.g. steps = 150")
         check(self.final_steps >= 0, f"final_steps = {self.final_steps} is negative", "use e.g. final_steps = 100")
         check(self.lr > 0, f"lr = {self.lr} is not positive", "use e.g. lr = 0.0005")
-        check(self.fake_quant in ("none", "int8", "int4", "int4-litert"), f"fake_quant = {self.fake_quant!r} is unknown",
-              'use "none", "int8", "int4" or "int4-litert"')
+        check(self.fake_quant in FAKE_QUANT or self.fake_quant == "none", f"fake_quant = {self.fake_quant!r} is unknown",
+              f'use "none" or one of {", ".join(FAKE_QUANT)}')
         check(self.block_size >= 8 and self.block_size & (self.block_size - 1) == 0,
               f"block_size = {self.block_size} is not a power of two >= 8", "use 32 or 128")
         check(self.max_minutes > 0, "max_minutes must be positive", "use e.g. max_minutes = 5")
@@ -86,18 +87,26 @@ def fake_quant_int4_litert(w_in_out: torch.Tensor, block: int) -> torch.Tensor:
     return w_in_out + (q - w_in_out).detach()
 
 
-FAKE_QUANT = {"int8": lambda w, block: fake_quant_int8(w), "int4": fake_quant_int4, "int4-litert": fake_quant_int4_litert}
+FAKE_QUANT = {"int8": lambda w, block: fake_quant_int8(w), "int4": fake_quant_int4, "int4-litert": fake_quant_int4_litert,
+              "int4-tflite": fake_quant_int4_litert}  # + LayerNorm folding, see layernorm_inputs
 
 
 class _FakeQuant(nn.Module):
     """A parametrization: what the module computes with is the quantized weight; it trains the raw one."""
 
-    def __init__(self, kind: str, block: int, transposed: bool):
+    def __init__(self, kind: str, block: int, transposed: bool, fold: nn.LayerNorm | None = None):
         super().__init__()
         self.kind, self.block, self.transposed = kind, block, transposed
+        self._fold = (fold,) if fold is not None else ()  # a tuple: not a submodule, its weight is not ours
 
     def forward(self, w):
         x = w.T if self.transposed else w  # the quantizer sees MatMul's [in, out]
+        if self._fold:
+            # LiteRT quantizes W·diag(gamma) of the LayerNorm feeding this Linear (its converter folds the
+            # scale in first): quantize that product, then take gamma back out
+            g = self._fold[0].weight[:, None]
+            g = torch.where(g.abs() < 1e-6, torch.full_like(g, 1e-6), g)
+            return (FAKE_QUANT[self.kind](x * g, self.block) / g).T if self.transposed else FAKE_QUANT[self.kind](x * g, self.block) / g
         x = FAKE_QUANT[self.kind](x, self.block)
         return x.T if self.transposed else x
 
@@ -108,7 +117,32 @@ MATMUL_WEIGHTS = ("weight", "lowrank_v", "lowrank_u", "kron_a", "kron_b", "ae_de
 GATHER_TABLES = {FactorizedEmbedding: "latent", KroneckerEmbedding: "kron_a", nn.Embedding: "weight"}
 
 
-def add_fake_quant(block: nn.Module, kind: str, block_size: int) -> list:
+@torch.no_grad()
+def layernorm_inputs(model: nn.Module, batch: dict) -> dict[nn.Module, nn.LayerNorm]:
+    """Linear layers whose input is exactly a LayerNorm's output (BERT: query/key/value, intermediate),
+    found by running one batch. LiteRT's converter folds such a LayerNorm's scale into the Linear's weight
+    before quantizing (measured on MiniLM: the .tflite's block scales are those of W·diag(gamma), times
+    d^-1/4 for query and key), so "int4-tflite" fake-quantizes that product."""
+    outputs, found, hooks = {}, {}, []
+    for mod in model.modules():
+        if isinstance(mod, nn.LayerNorm):
+            # keep the output alive: an id() is only unique while its object lives
+            hooks.append(mod.register_forward_hook(lambda m, a, o: outputs.__setitem__(id(o), (m, o))))
+        elif isinstance(mod, nn.Linear):
+            def pre(m, a):
+                hit = outputs.get(id(a[0])) if a else None
+                if hit is not None and hit[1] is a[0]:
+                    found[m] = hit[0]
+            hooks.append(mod.register_forward_pre_hook(pre))
+    try:
+        model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def add_fake_quant(block: nn.Module, kind: str, block_size: int, folds: dict | None = None) -> list:
     from torch.nn.utils import parametrize
 
     done = []
@@ -123,7 +157,8 @@ def add_fake_quant(block: nn.Module, kind: str, block_size: int) -> list:
             p = getattr(mod, pname, None) if pname in mod._parameters else None
             if p is None or p.dim() != 2 or isinstance(mod, (nn.Embedding, nn.LayerNorm)):
                 continue
-            parametrize.register_parametrization(mod, pname, _FakeQuant(kind, block_size, isinstance(mod, nn.Linear)))
+            fold = (folds or {}).get(mod) if pname == "weight" else None
+            parametrize.register_parametrization(mod, pname, _FakeQuant(kind, block_size, isinstance(mod, nn.Linear), fold))
             done.append((mod, pname))
     return done
 
@@ -284,6 +319,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
     blocks_name, _ = blocks_of(model)
     teacher = capture(reference, cal, cfg.batch_size, blocks_name, keep_out=cfg.final_steps > 0)
     student_blocks = model.get_submodule(blocks_name)
+    folds = layernorm_inputs(model, teacher[0]["batch"]) if cfg.fake_quant == "int4-tflite" else {}
     losses = {}
     model.eval()  # train in eval mode: attention modules read self.training for their dropout
     with torch.enable_grad():
@@ -312,7 +348,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
                               if cfg.sequential and emb is not None else _hidden_in(rec["blocks"][0]))
         remove_fake_quant(fq)
         for j, blk in enumerate(student_blocks):
-            fq = add_fake_quant(blk, cfg.fake_quant, cfg.block_size) if cfg.fake_quant != "none" else []
+            fq = add_fake_quant(blk, cfg.fake_quant, cfg.block_size, folds) if cfg.fake_quant != "none" else []
 
             def blk_loss(i, j=j, blk=blk):
                 args, kwargs, want = teacher[i]["blocks"][j]
@@ -333,7 +369,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
         # 3. end to end: every block at once on the last hidden state (fixes what blocks pass on)
         if cfg.final_steps:
             params = [p for p in model.parameters() if cfg.train_tables or id(p) not in gather_tables(model)]
-            fq = add_fake_quant(model, cfg.fake_quant, cfg.block_size) if cfg.fake_quant != "none" else []
+            fq = add_fake_quant(model, cfg.fake_quant, cfg.block_size, folds) if cfg.fake_quant != "none" else []
 
             def final_loss(i):
                 rec = teacher[i]
