@@ -106,8 +106,9 @@ class _FakeQuant(nn.Module):
             # scale in first): quantize that product, then take gamma back out
             g = self._fold[0].weight[:, None]
             g = torch.where(g.abs() < 1e-6, torch.full_like(g, 1e-6), g)
-            return (FAKE_QUANT[self.kind](x * g, self.block) / g).T if self.transposed else FAKE_QUANT[self.kind](x * g, self.block) / g
-        x = FAKE_QUANT[self.kind](x, self.block)
+            x = FAKE_QUANT[self.kind](x * g, self.block) / g
+        else:
+            x = FAKE_QUANT[self.kind](x, self.block)
         return x.T if self.transposed else x
 
 
