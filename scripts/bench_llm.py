@@ -205,13 +205,17 @@ def child_rss(kind: str, path: str) -> None:
     print(json.dumps({"peak_rss_mib": int(hwm.split()[1]) / 1024}))
 
 
-def peak_rss(kind: str, path) -> float | None:
-    r = subprocess.run([sys.executable, __file__, "--child-rss", kind, str(path)], capture_output=True, text=True)
-    for line in r.stdout.splitlines()[::-1]:
-        if line.startswith("{"):
-            return round(json.loads(line)["peak_rss_mib"], 1)
-    print(f"  RSS child failed for {path}: {r.stderr[-400:]}", file=sys.stderr)
-    return None
+def peak_rss(kind: str, path, repeats: int = 3) -> float | None:
+    """Median peak RSS of ``repeats`` fresh processes (one process varied by up to ~20 MiB)."""
+    got = []
+    for _ in range(repeats):
+        r = subprocess.run([sys.executable, __file__, "--child-rss", kind, str(path)], capture_output=True, text=True)
+        line = next((ln for ln in r.stdout.splitlines()[::-1] if ln.startswith("{")), None)
+        if line is None:
+            print(f"  RSS child failed for {path}: {r.stderr[-400:]}", file=sys.stderr)
+            return None
+        got.append(json.loads(line)["peak_rss_mib"])
+    return round(statistics.median(got), 1)
 
 
 # --- building the variants --------------------------------------------------------------------------------
@@ -428,7 +432,7 @@ def main():
     lines = [f"# SmolLM2-135M: edgecomp exports vs PyTorch and the peer\n",
              f"WikiText-2 valid, detokenized, {len(windows)} windows of {args.window} tokens, **{scored} tokens scored**. "
              f"Latency: batch 1, 128-token prompt, {args.decode_tokens} decode steps, median of {args.runs} interleaved "
-             f"rounds; peak RSS of a fresh process (1 thread). Host: {os.cpu_count()} cores, load average "
+             f"rounds; peak RSS: median of 3 fresh processes (1 thread). Host: {os.cpu_count()} cores, load average "
              f"{os.getloadavg()[0]:.1f} at the end (shared machine: compare ratios within this table only).\n",
              f"Command: `{' '.join(sys.argv)}`\n",
              "| variant | MB | peak RSS MiB | perplexity | x fp32 | greedy match /32 | prefill 128 ms (1t / 2t) | decode tok/s (1t / 2t) |",

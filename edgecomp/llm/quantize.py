@@ -9,8 +9,10 @@ quantizer has integer zero points only, which cannot reproduce the GGUF's Q4_1 b
   re-quantizing weights that were dequantized from Q4_1 gives back the very same blocks: the export is
   lossless against the fp32 model of a Q4_1 GGUF. ``MatMulNBits`` accepts the minimum as a float zero point
   (zp = -min/scale), but ORT 1.31 then takes a slow path (5x slower decode, measured); so the product is
-  split exactly: x.w = scale*(x.q) + min*sum(x over the block), i.e. ``MatMulNBits`` with zero point 0 (fast
-  path) plus a small MatMul of per-block sums of x with the [blocks, N] minima.
+  split: x.w = scale*(x.(q-8)) + (min + 8*scale)*sum(x over the block), i.e. ``MatMulNBits`` with no
+  zero-point input (symmetric, implicit 8: the fast path, also with int8 activations) plus a small MatMul
+  of per-block sums of x with the [blocks, N] shifted minima. Dropping the explicit zero points saved 1.7 MB
+  and, with accuracy_level 4, ~23 MiB of peak RSS (measured on SmolLM2; perplexity unchanged).
 - layers ``int4`` / ``int2``: ``MatMulNBits`` with integer zero points (ORT's scheme), any ``block_size``;
   ``ffn_layers`` gives the feed-forward MatMuls their own scheme (mixed precision).
 - layers ``int8``: 8-bit ``MatMulNBits`` blocks (weight-only, symmetric; fast only with accuracy_level 4);
@@ -317,8 +319,10 @@ def quantize_causal_lm(src: Path, dst: Path, cfg: LlmQuantConfig) -> dict:
             extra = []
             if scheme == "q4_1":
                 q, scale, fzp = quantize_q4_1(wt, cfg.block_size)
-                zp = pack_zero_points(np.zeros(scale.shape, np.uint8))
-                minima = (-fzp * scale).T.astype(np.float32)  # [nb, N]: the block minimum
+                # No zero-point input: MatMulNBits then computes (q - 8) * scale, the symmetric form its fast
+                # int8-activation kernels take; the +8 * scale goes into the per-block minimum correction.
+                zp = None
+                minima = (-fzp * scale + 8.0 * scale).T.astype(np.float32)  # [nb, N]: block minimum + 8*scale
                 extra = _block_min_correction(gr, n, pre_of(n), minima, cfg.block_size, block_sums)
             elif scheme in ("int4", "int2"):
                 q, scale, zp = quantize_asym_int(wt, bits, cfg.block_size)

@@ -117,10 +117,16 @@ class SignatureSession:
 
     def run(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         if signature not in self._buffers:
+            # the first buffers, write and run of a process create an environment and register LiteRT's
+            # accelerators, each with INFO lines on fd 2
             with native_stderr_silenced():
                 ins = {k: self.model.create_input_buffer_by_name(signature, k) for k in self.signatures[signature]["inputs"]}
                 outs = {k: self.model.create_output_buffer_by_name(signature, k) for k in self.signatures[signature]["outputs"]}
-            self._buffers[signature] = ins, outs
+                self._buffers[signature] = ins, outs
+                return self._run(signature, inputs)
+        return self._run(signature, inputs)
+
+    def _run(self, signature: str, inputs: dict) -> dict[str, np.ndarray]:
         ins, outs = self._buffers[signature]
         for k, buf in ins.items():
             buf.write(np.ascontiguousarray(inputs[k]))
