@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgecomp.compress import Calibration, compress_model  # noqa: E402
+from edgecomp.manifest import write_text_atomic  # noqa: E402
 from edgecomp.compress.onnx_check import (export_encoder, ort_session, quantize_int4, quantize_int8,  # noqa: E402
                                           run_encoder, size_breakdown)
 from edgecomp.paths import shared_data_dir  # noqa: E402
@@ -218,7 +219,7 @@ def run(args) -> dict:
             row["artifacts"][kind] = a
         row["seconds"] = round(time.perf_counter() - t0, 1)
         results["configs"][name] = row
-        atomic_write(args.out / f"{args.tag}.partial.json", json.dumps(results, indent=1))  # survive a crash
+        write_text_atomic(args.out / f"{args.tag}.partial.json", json.dumps(results, indent=1))  # survive a crash
         print(json.dumps({name: {"params": row["params"], "s": row["seconds"], "torch": row["torch_fp32"],
                                  **{k: {kk: v.get(kk) for kk in ("size_bytes", "cos_mean", "cos_min", "probe_fp32")}
                                     for k, v in row["artifacts"].items()}}}), flush=True)
@@ -315,13 +316,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer configurations and texts (a few minutes)")
@@ -339,8 +333,8 @@ def main():
             res["configs"].update(json.loads(earlier.read_text())["configs"])
         res["claims"] = claims(res)
         if args.merge:
-            atomic_write(args.render, json.dumps(res, indent=1))
-        atomic_write(args.render.with_suffix(".md"), markdown(res))
+            write_text_atomic(args.render, json.dumps(res, indent=1))
+        write_text_atomic(args.render.with_suffix(".md"), markdown(res))
         return
     if args.only:
         unknown = [n for n in args.only.split(",") if n not in CONFIGS]
@@ -351,8 +345,8 @@ def main():
         old = json.loads(earlier.read_text())
         res["configs"] = {**old["configs"], **res["configs"]}
     res["claims"] = claims(res)
-    atomic_write(args.out / f"{args.tag}.json", json.dumps(res, indent=1))
-    atomic_write(args.out / f"{args.tag}.md", markdown(res))
+    write_text_atomic(args.out / f"{args.tag}.json", json.dumps(res, indent=1))
+    write_text_atomic(args.out / f"{args.tag}.md", markdown(res))
     print(markdown(res))
 
 

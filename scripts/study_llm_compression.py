@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_llm import detokenize_wikitext, wikitext_windows  # noqa: E402
 from edgecomp.compress import Calibration, compress_model  # noqa: E402
+from edgecomp.manifest import write_text_atomic  # noqa: E402
 from edgecomp.llm.generate import torch_nll  # noqa: E402
 from edgecomp.paths import cache_dir, shared_data_dir  # noqa: E402
 
@@ -145,7 +145,7 @@ def run(args) -> dict:
             row["error"] = f"{type(e).__name__}: {e}"
         row["seconds"] = round(time.perf_counter() - t0, 1)
         res["configs"][name] = row
-        atomic_write(partial, json.dumps(res, indent=1))
+        write_text_atomic(partial, json.dumps(res, indent=1))
         print(json.dumps({name: {k: row.get(k) for k in ("params", "est_int4_bytes", "perplexity", "seconds", "error")}}),
               flush=True)
         del model
@@ -219,13 +219,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}; 32 calibration texts")
@@ -241,15 +234,15 @@ def main():
     if args.render:
         res = json.loads((args.out / "compression.json").read_text())
         res["claims"] = claims(res)
-        atomic_write(args.out / "compression.md", markdown(res))
+        write_text_atomic(args.out / "compression.md", markdown(res))
         return
     unknown = [n for n in (args.only or "").split(",") if n and n not in CONFIGS]
     if unknown:
         ap.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
     res = run(args)
     res["claims"] = claims(res)
-    atomic_write(args.out / "compression.json", json.dumps(res, indent=1))
-    atomic_write(args.out / "compression.md", markdown(res))
+    write_text_atomic(args.out / "compression.json", json.dumps(res, indent=1))
+    write_text_atomic(args.out / "compression.md", markdown(res))
     (args.out / "compression.partial.json").unlink(missing_ok=True)  # compression.json now holds it all
     print(markdown(res))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..manifest import write_json_atomic
+from ..manifest import write_json_atomic, write_text_atomic
 
 COLUMNS = ("export", "recipe", "artifact", "precision", "MB", "size ratio", "cos mean", "cos worst",
            "p50 ms 1thr", "peak RSS MB", "ARM instr/inference (M)", "instr ratio", "ARM guest RSS MB")
@@ -82,7 +82,5 @@ def write_comparison(rows: list[dict], summary_dir: Path) -> tuple[Path, Path]:
     summary_dir.mkdir(parents=True, exist_ok=True)
     js, md = summary_dir / "comparison.json", summary_dir / "comparison.md"
     write_json_atomic(js, {"rows": rows})
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(comparison_markdown(rows))
-    tmp.replace(md)
+    write_text_atomic(md, comparison_markdown(rows))
     return js, md
