@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import EdgecompError
 
 SCHEMES = ("dynamic-per-channel", "dynamic-per-tensor", "block-int4")
@@ -55,11 +57,10 @@ def quantize_onnx(src: Path, dst: Path, scheme: str, block_size: int = 32, accur
         )
         if grid not in INT4_GRIDS:
             raise EdgecompError(f"unknown int4 grid {grid!r}", f"use one of: {', '.join(INT4_GRIDS)}")
-        float_model = onnx.load(str(src))
         q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg)
         q.process()
-        if grid == "litert":
-            requantize_on_litert_grid(q.model.model, float_model, block_size)
+        if grid == "litert":  # the quantizer consumed its copy: the float weights come from a fresh load
+            requantize_on_litert_grid(q.model.model, onnx.load(str(src)), block_size)
         pack_int4_gather_tables(q.model.model)
         q.model.save_model_to_file(str(tmp), use_external_data_format=False)
         info = {"scheme": scheme, "weight_type": "int4", "block_size": block_size, "symmetric": True,
@@ -77,7 +78,6 @@ def pack_int4_gather_tables(model) -> int:
     tensors (measured with ORT 1.31), while the uint8 layout, the same one MatMulNBits uses (low nibble
     first, implicit zero point 8), loads from .onnx and .ort alike and gives bitwise-equal outputs.
     """
-    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
@@ -96,12 +96,11 @@ def pack_int4_gather_tables(model) -> int:
     return packed
 
 
-def litert_int4_blocks(w: "np.ndarray", block: int) -> tuple["np.ndarray", "np.ndarray"]:
+def litert_int4_blocks(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``w`` [R, C] in blocks of ``block`` along C on LiteRT's int4 grid: int values [R, C] in [-8, 7]
     and float32 scales [R, C/block] (absmax/7, rounded to a bfloat16 mantissa, stored as fp16; half-to-even
     rounding)."""
     import ml_dtypes
-    import numpy as np
 
     r, c = w.shape
     blocks = w.astype(np.float32).reshape(r, c // block, block)
@@ -111,10 +110,8 @@ def litert_int4_blocks(w: "np.ndarray", block: int) -> tuple["np.ndarray", "np.n
     return q.reshape(r, c), scale
 
 
-def _packed_uint4(q: "np.ndarray") -> "np.ndarray":
+def _packed_uint4(q: np.ndarray) -> np.ndarray:
     """Signed 4-bit values -> q + 8, two per byte along the last axis, low nibble first (MatMulNBits layout)."""
-    import numpy as np
-
     u = (q.astype(np.int16) + 8).astype(np.uint8)
     return u[..., 0::2] | (u[..., 1::2] << 4)
 
@@ -125,7 +122,6 @@ def requantize_on_litert_grid(model, float_model, block: int) -> None:
     Both ops keep ORT's symmetric convention (no zero-point input: zero point 8), which holds LiteRT's values
     exactly. The float weights come from the unquantized model by the quantizer's names (``<name>_Q4``).
     """
-    import numpy as np
     from onnx import helper, numpy_helper
 
     floats = {t.name: t for t in float_model.graph.initializer}

@@ -115,6 +115,9 @@ class SignatureSession:
     def input_details(self, signature: str) -> dict:
         return self.model.get_input_tensor_details(signature)
 
+    def output_details(self, signature: str) -> dict:
+        return self._outputs[signature]
+
     def run(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         if signature not in self._buffers:
             # the first buffers, write and run of a process create an environment and register LiteRT's
@@ -139,8 +142,8 @@ class SignatureSession:
 class LiteRTRunner:
     def __init__(self, path: Path, threads: int | None = None):
         self.path = Path(path)
-        self._model = open_compiled_model(self.path, threads)
-        signatures = self._model.get_signature_list()
+        self._session = SignatureSession(open_compiled_model(self.path, threads))
+        signatures = self._session.signatures
         by_len = {int(m.group(1)): name for name in signatures if (m := _BUCKET.match(name))}
         if not by_len:
             raise EdgecompError(f"{self.path.name} has no seq<N> signatures (found {sorted(signatures) or 'none'})",
@@ -150,30 +153,15 @@ class LiteRTRunner:
         first = signatures[by_len[self.buckets[0]]]
         self.input_names = list(first["inputs"])
         self.output_names = list(first["outputs"])
-        outputs = {n: self._model.get_output_tensor_details(by_len[n]) for n in self.buckets}
-        self._out_shape = {n: {o: list(d["shape"]) for o, d in outputs[n].items()} for n in self.buckets}
-        self._out_dtype = {o: np.dtype(d["dtype"]) for o, d in outputs[self.buckets[0]].items()}
+        shapes = {n: {o: list(d["shape"]) for o, d in self._session.output_details(by_len[n]).items()} for n in self.buckets}
         # an output has a sequence axis (axis 1) when its length follows the bucket in every signature
         self._seq_outputs = {
             o for o in self.output_names
-            if all(len(s[o]) >= 2 and s[o][1] == n for n, s in self._out_shape.items())
+            if all(len(s[o]) >= 2 and s[o][1] == n for n, s in shapes.items())
         }
-        inputs = self._model.get_input_tensor_details(by_len[self.buckets[0]])
+        inputs = self._session.input_details(by_len[self.buckets[0]])
         self._dtypes = {k: np.dtype(v["dtype"]) for k, v in inputs.items()}
         self._batch = int(inputs[self.input_names[0]]["shape"][0])
-        self._buffers: dict[int, tuple[dict, dict]] = {}
-
-    def _io(self, n: int) -> tuple[dict, dict]:
-        """The bucket's input and output tensor buffers, made on its first use and reused after."""
-        if n not in self._buffers:
-            key = self._signature[n]
-            with native_stderr_silenced():  # the first buffer write of the process creates (and logs) an environment
-                ins = {k: self._model.create_input_buffer_by_name(key, k) for k in self.input_names}
-                outs = {k: self._model.create_output_buffer_by_name(key, k) for k in self.output_names}
-                for k, buf in ins.items():
-                    buf.write(np.zeros((self._batch, n), self._dtypes[k]))
-            self._buffers[n] = ins, outs
-        return self._buffers[n]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [k for k in self.input_names if k not in feeds]
@@ -192,15 +180,8 @@ class LiteRTRunner:
         padded = {k: np.zeros((chunks, n), dtype=self._dtypes[k]) for k in self.input_names}
         for k, v in arrays.items():
             padded[k][:rows, :length] = v
-        ins, outs = self._io(n)
-        key, shapes = self._signature[n], self._out_shape[n]
-        parts = []
-        for i in range(0, chunks, self._batch):
-            for k, buf in ins.items():
-                buf.write(padded[k][i:i + self._batch])
-            self._model.run_by_name(key, ins, outs)
-            parts.append({k: buf.read(math.prod(shapes[k]), self._out_dtype[k]).reshape(shapes[k])
-                          for k, buf in outs.items()})
+        parts = [self._session.run(self._signature[n], **{k: v[i:i + self._batch] for k, v in padded.items()})
+                 for i in range(0, chunks, self._batch)]
         out = {}
         for name in self.output_names:
             stacked = np.concatenate([p[name] for p in parts])[:rows]

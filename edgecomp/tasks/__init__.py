@@ -30,4 +30,13 @@ class Task(Protocol):
 
 TASKS: Registry[Task] = Registry("task")
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def torch_inputs(feeds: dict, names=MODEL_INPUTS) -> dict:
+    """The numpy feeds a task's PyTorch model takes, as int64 tensors (other feeds are ignored)."""
+    import torch
+
+    return {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in feeds.items() if k in names}
+
 from . import feature_extraction, text_classification, text_generation  # noqa: E402,F401

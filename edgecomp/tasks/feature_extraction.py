@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import TASKS
+from . import TASKS, torch_inputs
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str | None, normalize: bool) -> np.ndarray:
@@ -37,9 +37,8 @@ class FeatureExtraction:
     def torch_forward(self, model, feeds):
         import torch
 
-        names = ("input_ids", "attention_mask", "token_type_ids")
         with torch.inference_mode():
-            out = model(**{k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in feeds.items() if k in names})
+            out = model(**torch_inputs(feeds))
         return {"last_hidden_state": out.last_hidden_state.float().numpy()}
 
     def embeddings(self, outputs, feeds, spec) -> np.ndarray:

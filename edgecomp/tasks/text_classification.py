@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import TASKS
+from . import TASKS, torch_inputs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -36,9 +36,8 @@ class TextClassification:
     def torch_forward(self, model, feeds):
         import torch
 
-        names = ("input_ids", "attention_mask", "token_type_ids")
         with torch.inference_mode():
-            out = model(**{k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in feeds.items() if k in names})
+            out = model(**torch_inputs(feeds))
         return {"logits": out.logits.float().numpy()}
 
     def records(self, outputs, feeds, spec):

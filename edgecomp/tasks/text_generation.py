@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import TASKS
+from . import TASKS, torch_inputs
 
 
 class TextGeneration:
@@ -26,8 +26,7 @@ class TextGeneration:
         import torch
 
         with torch.inference_mode():
-            out = model(input_ids=torch.from_numpy(np.asarray(feeds["input_ids"], np.int64)),
-                        attention_mask=torch.from_numpy(np.asarray(feeds["attention_mask"], np.int64)), use_cache=False)
+            out = model(**torch_inputs(feeds, ("input_ids", "attention_mask")), use_cache=False)
         return {"logits": out.logits.float().numpy()}
 
     def records(self, outputs, feeds, spec):
