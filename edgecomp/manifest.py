@@ -42,6 +42,17 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def save_figure_atomic(fig, png: Path, dpi: int = 110) -> None:
+    """A matplotlib figure as PNG, written like write_text_atomic; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    png = Path(png)
+    tmp = png.with_name(f".{png.name}.tmp.png")  # savefig picks the format from the suffix
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
 def read_manifest(out_dir: Path) -> dict:
     p = Path(out_dir) / MANIFEST
     if not p.is_file():

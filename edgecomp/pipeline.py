@@ -110,8 +110,11 @@ def produce_onnx(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
 
         ctx.log(f"quantize: {spec.quantization} -> {spec.filename}")
         int4_options = {k: spec.options[k] for k in ("block_size", "accuracy_level", "grid") if k in spec.options}
-        info["quantization"] = quantize_onnx(src, dst, spec.quantization or "dynamic-per-channel",
-                                             **(int4_options if spec.quantization == "block-int4" else {}))
+        if spec.quantization == "dynamic-per-channel-int4-tables":
+            int4_options = {k: v for k, v in int4_options.items() if k == "block_size"}
+        elif spec.quantization != "block-int4":
+            int4_options = {}
+        info["quantization"] = quantize_onnx(src, dst, spec.quantization or "dynamic-per-channel", **int4_options)
     if ctx.options.custom_ops:
         # After quantization: the quantizers match standard ops only, so functions must wrap their output.
         import onnx
@@ -209,8 +212,20 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
 INT4_SCHEMES = {"onnx": "block-int4", "ort": "block-int4", "tflite": "int4-block"}
 
 
+# A recipe may also store only the embedding tables in 4 bits (`table_precision = "int4"`) and keep the
+# target's int8 MatMuls, whose kernels are cheaper on ARM than 4-bit ones.
+INT4_TABLE_SCHEMES = {"dynamic-per-channel": "dynamic-per-channel-int4-tables"}
+
+
 def recipe_precision(art: ArtifactSpec, recipe) -> ArtifactSpec:
     wanted = recipe.options.get("precision")
+    tables = recipe.options.get("table_precision")
+    if tables not in (None, "int4"):
+        raise EdgecompError(f"recipe {recipe.name!r} asks for table_precision {tables!r}",
+                            "use table_precision = \"int4\" or leave it out")
+    if tables and wanted is None and art.precision == "int8" and art.quantization in INT4_TABLE_SCHEMES:
+        return ArtifactSpec(**{**vars(art), "precision": "int8+int4-tables",
+                               "quantization": INT4_TABLE_SCHEMES[art.quantization]})
     if wanted in (None, art.precision) or art.precision == "fp32":
         return art
     if wanted != "int4":

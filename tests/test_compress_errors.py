@@ -45,6 +45,12 @@ BAD_STEPS = [
     ({"method": "ae-weights", "latent_dim": 8, "lowering": "dense"}, "unknown"),
     ({"method": "distill"}, "needs calibration"),
     ({"method": "distill", "fake_quant": "int3"}, "unknown"),
+    ({"method": "prune-ffn", "keep": 1.0}, "outside (0, 1)"),
+    ({"method": "prune-ffn", "up": ["intermediate.dense"]}, "give both up and down"),
+    ({"method": "prune-ffn", "score": "magnitude"}, "unknown"),
+    ({"method": "prune-ffn"}, "needs calibration"),
+    ({"method": "smooth", "alpha": 1.5}, "outside [0, 1]"),
+    ({"method": "smooth"}, "needs calibration"),
     ({"method": "prune"}, "unknown compression method"),
     ({"rank": 4}, "no `method`"),
 ]

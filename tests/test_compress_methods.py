@@ -64,6 +64,9 @@ RECIPES = {
     "ae-weights": ([{"method": "ae-weights", "latent_dim": 8, "steps": 10}], None),
     "ae-weights-decode": ([{"method": "ae-weights", "latent_dim": 8, "steps": 10, "lowering": "decode",
                             "joint": False}], None),
+    "prune+smooth+distill": ([{"method": "prune-ffn", "keep": 0.5}, {"method": "smooth"},
+                              {"method": "distill", "steps": 5, "fake_quant": "int8-dynamic", "int4_tables": True}],
+                             L * (LIN_ATT + 2 * H * (I // 2) + I // 2 + H)),
     "combined+distill": ([{"method": "ae-embedding", "latent_dim": 24, "steps": 10},
                           {"method": "lowrank", "ratio": 1.5, "activation_aware": True},
                           {"method": "distill", "steps": 5, "fake_quant": "int8"}], None),
@@ -172,7 +175,7 @@ def test_activation_aware_beats_plain_on_output_error():
 
 def test_every_method_is_registered():
     assert set(METHODS.names()) >= {"lowrank", "svd-embedding", "ae-embedding", "kron-embedding", "kronecker",
-                                    "ae-weights", "distill"}
+                                    "ae-weights", "distill", "prune-ffn", "smooth"}
 
 
 @pytest.mark.parametrize("method", ["svd-embedding", "ae-embedding"])

@@ -300,3 +300,19 @@ def test_recipe_formats_skip_artifacts_and_move_primary():
     assert recipe_artifacts(android, Recipe("none")) == (list(android.artifacts), [])
     with pytest.raises(EdgecompError, match="ships only coreml"):
         recipe_artifacts(android, Recipe("r", options={"formats": ["coreml"]}))
+
+
+def test_recipe_table_precision_keeps_int8_matmuls():
+    """`table_precision = "int4"`: ONNX/ORT artifacts get 4-bit tables with int8 MatMuls; LiteRT keeps int8."""
+    from edgecomp.errors import EdgecompError
+    from edgecomp.models import Recipe
+    from edgecomp.pipeline import recipe_precision
+    from edgecomp.targets import load_target
+
+    recipe = Recipe("r", options={"table_precision": "int4"})
+    got = {a.format: recipe_precision(a, recipe) for a in load_target("android").artifacts}
+    assert got["onnx"].precision == got["ort"].precision == "int8+int4-tables"
+    assert got["onnx"].quantization == "dynamic-per-channel-int4-tables"
+    assert got["tflite"].precision == "int8"
+    with pytest.raises(EdgecompError, match="table_precision"):
+        recipe_precision(load_target("android").artifacts[0], Recipe("r", options={"table_precision": "int2"}))

@@ -10,7 +10,7 @@ import dataclasses
 import fnmatch
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -133,31 +133,45 @@ def model_params(model: nn.Module) -> int:
 
 # --- activations -----------------------------------------------------------------------------------
 @torch.no_grad()
-def input_covariances(model: nn.Module, names: Sequence[str], calibration: Calibration) -> dict[str, tuple[torch.Tensor, int]]:
-    """X^T X (float64) over the real (non-padding) tokens entering each named module, and the token count."""
-    acc: dict[str, list] = {n: [None, 0] for n in names}
-    mask_holder: dict[str, torch.Tensor] = {}
+def visit_module_inputs(model: nn.Module, names: Sequence[str], calibration: Calibration,
+                        visit: Callable[[str, torch.Tensor], None]) -> None:
+    """Run the calibration text; call visit(name, x) with each named module's input on the real
+    (non-padding) tokens, flattened to [tokens, features], once per batch."""
+    mask: dict[str, torch.Tensor] = {}
 
     def hook(name):
         def fn(_mod, args):
             x = args[0]
-            m = mask_holder["mask"]
-            if x.dim() == 3 and x.shape[:2] == m.shape:
-                x = x[m.bool()]
-            x = x.reshape(-1, x.shape[-1]).double()
-            xtx = x.T @ x
-            acc[name][0] = xtx if acc[name][0] is None else acc[name][0] + xtx
-            acc[name][1] += x.shape[0]
+            if x.dim() == 3 and x.shape[:2] == mask["m"].shape:
+                x = x[mask["m"].bool()]
+            visit(name, x.detach().reshape(-1, x.shape[-1]))
         return fn
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     try:
         for batch in calibration.batches():
-            mask_holder["mask"] = batch["attention_mask"]
+            mask["m"] = batch["attention_mask"]
             model(**batch)
     finally:
         for h in handles:
             h.remove()
+
+
+def input_covariances(model: nn.Module, names: Sequence[str], calibration: Calibration,
+                      with_ones: bool = False) -> dict[str, tuple[torch.Tensor, int]]:
+    """X^T X (float64) over the real tokens entering each named module, and the token count. With
+    `with_ones`, X gets a constant last column (so the Gram matrix also holds the inputs' sums)."""
+    acc: dict[str, list] = {n: [None, 0] for n in names}
+
+    def visit(name, x):
+        x = x.double()
+        if with_ones:
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+        xtx = x.T @ x
+        acc[name][0] = xtx if acc[name][0] is None else acc[name][0] + xtx
+        acc[name][1] += x.shape[0]
+
+    visit_module_inputs(model, names, calibration, visit)
     return {n: (a[0], a[1]) for n, a in acc.items()}
 
 

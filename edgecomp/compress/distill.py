@@ -9,12 +9,15 @@ Minutes on 2 CPU cores for MiniLM.
 
 With `fake_quant = "int8"` / `"int4"` the MatMul weights are seen through the quantizer the pipeline
 applies afterwards (ORT dynamic int8 per output channel; or MatMulNBits 4-bit symmetric blocks along the
-input axis), straight-through, so training also recovers the quantization error. `"int4-litert"` is the
+input axis), straight-through, so training also recovers the quantization error. `"int8-dynamic"` adds what
+ORT's dynamic int8 does to each Linear's input at run time (uint8, one range per tensor), which is where
+int8's error comes from on MiniLM. `"int4-litert"` is the
 4-bit grid of LiteRT's blockwise recipe, which ORT's MatMulNBits can store exactly too (quantize_onnx
 with grid="litert"). `"int4-tflite"` is what a .tflite actually ships: LiteRT's grid applied after its
 converter folds each LayerNorm's scale into the following Linear (see layernorm_inputs).
 
-Step keys: steps (per block), lr, batch_size, fake_quant, block_size, train_tables, sequential.
+Step keys: steps (per block), lr, batch_size, fake_quant, block_size, int4_tables, train_tables, sequential,
+final_steps, max_minutes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import nn
 
 from . import METHODS
 from .base import Calibration, StepReport, check, require_calibration
-from .layers import FactorizedEmbedding, KroneckerEmbedding
+from .layers import FactorizedEmbedding, KroneckerEmbedding, SmoothedLinear
 
 
 @dataclass
@@ -35,11 +38,12 @@ class DistillConfig:
     steps: int = 100
     lr: float = 1e-4  # measured: 5e-4 overfits the calibration text, 2e-5 recovers less
     batch_size: int = 16
-    fake_quant: str = "none"  # "int8" | "int4" | "int4-litert" | "int4-tflite": the quantizer that ships
+    fake_quant: str = "none"  # "int8" | "int8-dynamic" | "int4" | "int4-litert" | "int4-tflite": what ships
     block_size: int = 32  # int4 block along the input axis
     train_tables: bool = False  # update Gather tables too (only rows seen in calibration would move)
     sequential: bool = True  # feed each block the student's own previous output
     final_steps: int = 0  # then end-to-end steps on the last hidden state (all blocks at once)
+    int4_tables: bool = False  # the tables ship 4-bit while the MatMuls are int8 (table_precision = "int4")
     max_minutes: float = 10.0
 
     def __post_init__(self):
@@ -87,8 +91,23 @@ def fake_quant_int4_litert(w_in_out: torch.Tensor, block: int) -> torch.Tensor:
     return w_in_out + (q - w_in_out).detach()
 
 
-FAKE_QUANT = {"int8": lambda w, block: fake_quant_int8(w), "int4": fake_quant_int4, "int4-litert": fake_quant_int4_litert,
+def fake_quant_dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
+    """ORT's DynamicQuantizeLinear on a Linear's input: uint8, asymmetric, one range per tensor (per sequence
+    at batch 1, so per sample here), the range widened to include 0 (ONNX spec)."""
+    dims = tuple(range(1, x.dim())) if x.dim() > 1 else (0,)
+    lo = x.detach().amin(dims, keepdim=True).clamp(max=0)
+    hi = x.detach().amax(dims, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / 255.0).clamp_min(1e-12)
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    q = (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+    return x + (q - x).detach()
+
+
+FAKE_QUANT = {"int8": lambda w, block: fake_quant_int8(w), "int8-dynamic": lambda w, block: fake_quant_int8(w),
+              "int4": fake_quant_int4, "int4-litert": fake_quant_int4_litert,
               "int4-tflite": fake_quant_int4_litert}  # + LayerNorm folding, see layernorm_inputs
+# kinds whose runtime also quantizes each Linear's input (ORT dynamic int8: DynamicQuantizeLinear)
+QUANTIZED_ACTIVATIONS = {"int8-dynamic": fake_quant_dynamic_uint8}
 
 
 class _FakeQuant(nn.Module):
@@ -143,16 +162,18 @@ def layernorm_inputs(model: nn.Module, batch: dict) -> dict[nn.Module, nn.LayerN
     return found
 
 
-def add_fake_quant(block: nn.Module, kind: str, block_size: int, folds: dict | None = None) -> list:
+def add_fake_quant(block: nn.Module, kind: str, block_size: int, folds: dict | None = None,
+                   int4_tables: bool = False) -> list:
     from torch.nn.utils import parametrize
 
     done = []
     for mod in block.modules():
         table = GATHER_TABLES.get(type(mod))
-        if kind.startswith("int4") and table is not None:
+        if (kind.startswith("int4") or int4_tables) and table is not None:
             # the int4 path also quantizes Gather tables (GatherBlockQuantized: blocks along each row),
             # so the blocks downstream train against the int4 table error (the rows themselves stay frozen)
-            parametrize.register_parametrization(mod, table, _FakeQuant(kind, block_size, transposed=True))
+            table_kind = kind if kind.startswith("int4") else "int4"
+            parametrize.register_parametrization(mod, table, _FakeQuant(table_kind, block_size, transposed=True))
             done.append((mod, table))
         for pname in MATMUL_WEIGHTS:
             p = getattr(mod, pname, None) if pname in mod._parameters else None
@@ -161,14 +182,23 @@ def add_fake_quant(block: nn.Module, kind: str, block_size: int, folds: dict | N
             fold = (folds or {}).get(mod) if pname == "weight" else None
             parametrize.register_parametrization(mod, pname, _FakeQuant(kind, block_size, isinstance(mod, nn.Linear), fold))
             done.append((mod, pname))
+        if kind in QUANTIZED_ACTIVATIONS and isinstance(mod, nn.Linear):
+            quant = QUANTIZED_ACTIVATIONS[kind]
+            if isinstance(mod, SmoothedLinear):  # the runtime quantizes the smoothed input, after the Mul
+                done.append((mod, mod.input_scale.register_forward_hook(lambda m, a, out: quant(out))))
+            else:
+                done.append((mod, mod.register_forward_pre_hook(lambda m, a: (quant(a[0]), *a[1:]))))
     return done
 
 
 def remove_fake_quant(done: list) -> None:
     from torch.nn.utils import parametrize
 
-    for mod, pname in done:  # keep the raw weights: the real quantizer runs after export
-        parametrize.remove_parametrizations(mod, pname, leave_parametrized=False)
+    for mod, what in done:  # keep the raw weights: the real quantizer runs after export
+        if isinstance(what, str):
+            parametrize.remove_parametrizations(mod, what, leave_parametrized=False)
+        else:
+            what.remove()  # an activation quantizer's hook
 
 
 # --- capture --------------------------------------------------------------------------------------------
@@ -328,9 +358,10 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
         emb = embeddings_block(model, blocks_name)
         compressed_table = emb is not None and any(isinstance(m, (FactorizedEmbedding, KroneckerEmbedding))
                                                    for m in emb.modules())
-        if emb is not None and (compressed_table or cfg.fake_quant.startswith("int4")):  # int4 also quantizes the tables
+        int4_tables = cfg.fake_quant.startswith("int4") or cfg.int4_tables  # int4 also quantizes the tables
+        if emb is not None and (compressed_table or int4_tables):
             params = [p for p in emb.parameters() if cfg.train_tables or id(p) not in gather_tables(emb)]
-            fq = add_fake_quant(emb, cfg.fake_quant, cfg.block_size) if cfg.fake_quant != "none" else []
+            fq = add_fake_quant(emb, cfg.fake_quant, cfg.block_size, int4_tables=cfg.int4_tables) if cfg.fake_quant != "none" else []
 
             def emb_loss(i):
                 b = teacher[i]["batch"]
@@ -341,7 +372,8 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
             losses["embeddings"] = {"before": float(f"{first:.4g}"), "after": float(f"{last:.4g}"), "steps": n}
         # 2. blocks, in order, each from the student's own input
         inputs = []
-        fq = add_fake_quant(emb, cfg.fake_quant, cfg.block_size) if cfg.fake_quant != "none" and emb is not None else []
+        fq = (add_fake_quant(emb, cfg.fake_quant, cfg.block_size, int4_tables=cfg.int4_tables)
+              if cfg.fake_quant != "none" and emb is not None else [])
         with torch.no_grad():
             for rec in teacher:
                 b = rec["batch"]
@@ -370,7 +402,8 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
         # 3. end to end: every block at once on the last hidden state (fixes what blocks pass on)
         if cfg.final_steps:
             params = [p for p in model.parameters() if cfg.train_tables or id(p) not in gather_tables(model)]
-            fq = add_fake_quant(model, cfg.fake_quant, cfg.block_size, folds) if cfg.fake_quant != "none" else []
+            fq = (add_fake_quant(model, cfg.fake_quant, cfg.block_size, folds, cfg.int4_tables)
+                  if cfg.fake_quant != "none" else [])
 
             def final_loss(i):
                 rec = teacher[i]

@@ -209,3 +209,33 @@ class SharedDecoderLinear(nn.Module):
             w_t = (torch.matmul(d[:, :-1], self.ae_latent.T) + d[:, -1:]) * self.ae_row_scale  # [in, out]
             y = torch.matmul(x, w_t)
         return y + self.bias if self.bias is not None else y
+
+
+class SmoothedLinear(nn.Linear):
+    """y = (x * input_scale) @ W'^T + b with W' = W diag(1/input_scale): the same function as the Linear it
+    replaces, with the activation's outlier channels scaled down before the runtime quantizes them (and the
+    weight's matching columns scaled up). Lowers to Mul + MatMul + Add; the Mul is a few thousand
+    multiplies per token, against the MatMul's in x out. `input_scale` is a child module so the int8-aware
+    distillation can quantize what the MatMul actually receives (its output)."""
+
+    def __init__(self, linear: nn.Linear, scale: torch.Tensor):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        with torch.no_grad():
+            self.weight.copy_(linear.weight / scale)  # [out, in]: column j divided by s_j
+            if linear.bias is not None:
+                self.bias.copy_(linear.bias)
+        self.input_scale = ChannelScale(scale)
+
+    def forward(self, x):
+        return nn.functional.linear(self.input_scale(x), self.weight, self.bias)
+
+
+class ChannelScale(nn.Module):
+    """x * scale along the last axis (one Mul with a constant vector)."""
+
+    def __init__(self, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone().float())
+
+    def forward(self, x):
+        return x * self.scale

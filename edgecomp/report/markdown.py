@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..bench.size import COMPONENTS
+from ..manifest import save_figure_atomic, write_text_atomic
 
 
 def _mb(n: int | float | None) -> str:
@@ -142,10 +142,7 @@ def plot_size_breakdown(manifest: dict, png: Path) -> None:
     ax.set_title(f"{manifest['model']['name']} on {manifest['target']['name']}: where the bytes go")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure_atomic(fig, png)
 
 
 def write_report(manifest: dict, out_dir: Path) -> Path:
@@ -154,7 +151,5 @@ def write_report(manifest: dict, out_dir: Path) -> Path:
         plot_size_breakdown(manifest, out_dir / "size_breakdown.png")
     text = render({**manifest, "_dir": str(out_dir)})
     p = out_dir / "report.md"
-    tmp = p.with_name(".report.md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    write_text_atomic(p, text)
     return p
