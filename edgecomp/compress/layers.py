@@ -214,9 +214,10 @@ class SharedDecoderLinear(nn.Module):
 class SmoothedLinear(nn.Linear):
     """y = (x * input_scale) @ W'^T + b with W' = W diag(1/input_scale): the same function as the Linear it
     replaces, with the activation's outlier channels scaled down before the runtime quantizes them (and the
-    weight's matching columns scaled up). Lowers to Mul + MatMul + Add; the Mul is a few thousand
-    multiplies per token, against the MatMul's in x out. `input_scale` is a child module so the int8-aware
-    distillation can quantize what the MatMul actually receives (its output)."""
+    weight's matching columns scaled up). Lowers to Mul + MatMul + Add; the Mul is one multiply per input
+    feature and token, against the MatMul's in x out. `input_scale` is a child module so the int8-aware
+    distillation can quantize what the MatMul actually receives (its output), and so Linears reading one
+    tensor can share it."""
 
     def __init__(self, linear: nn.Linear, scale: torch.Tensor):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None)

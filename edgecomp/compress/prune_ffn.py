@@ -11,13 +11,15 @@ G = [H 1]^T [H 1]:
   the block's output least (optimal brain surgeon on the down projection's inputs: ||A_j||^2 / [G^-1]_jj),
   and the remaining weights are updated to the new least-squares optimum; this keeps correlated neurons
   from being judged alone (`score = "energy"`, E[h_j^2] * ||W_down[:, j]||^2 then one refit, is the
-  simpler criterion; measured on MiniLM at keep 0.9: see models/all-minilm-l6-v2.toml);
+  simpler criterion; a one-off run on MiniLM at keep 0.9, PyTorch fp32 on 100 held-out SST-2 sentences:
+  cos 0.9957 with "obs" against 0.9941 with "energy");
 - the kept neurons' up-projection rows (gate and up for gated MLPs) are kept as they are;
 - W_down and its bias end as the least-squares fit [H_S 1] A ~ H W_down^T, which moves the dropped
   neurons' mean and their correlated part into the kept ones.
 Blocks are pruned in order, each measured on the already-pruned model's activations.
 
-Step keys: keep (share of neurons kept per block), up (names inside a block, one or several), down, damping.
+Step keys: keep (share of neurons kept per block), score, up (names inside a block, one or several), down,
+damping.
 """
 
 from __future__ import annotations

@@ -3,20 +3,22 @@
 ONNX Runtime's dynamic int8 quantizes each MatMul input with ONE uint8 range per tensor. In MiniLM a few
 channels reach 20-30 while 99.9% of values stay below 3-8 (inputs of the intermediate and FFN-output
 dense layers), so per-tensor ranges waste most of the 256 levels; that, not the weights, is where int8's
-error comes from (measured: int8 weights alone keep cos 0.9995; int8 activations alone drop it to 0.993).
+error comes from (PyTorch simulation of ORT's int8 on 100 held-out SST-2 sentences: int8 weights alone keep
+cos 0.9995, int8 activations alone drop it to 0.993, as ORT's int8 artifact does).
 Smoothing divides input channel j by s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha) and multiplies the
 weight's column j by s_j: the same function in fp32, flatter activations, slightly rougher weights
 (quantized per output channel, which absorbs part of it).
 
 BERT is post-LayerNorm (the LayerNorm output is also the residual), so the 1/s cannot be folded into the
 LayerNorm as in pre-LN decoders; it is an explicit Mul before the MatMul (SmoothedLinear). Linears that read
-the same tensor (query, key, value) share one scale module, so the graph has one Mul (onnxslim merges the
-identical calls) and ORT quantizes that input once, as it does without smoothing. Measured on a Cortex-A76
-(qemu, MiniLM int8): one Mul per Linear cost 7.7 M instructions per inference (+3.5%), most of it in
-the two extra quantizations of the query/key/value input.
+the same tensor (query, key, value) share one scale module, so ORT quantizes that input once, as it does
+without smoothing (tested: as many DynamicQuantizeLinear nodes as the unsmoothed graph). A one-off probe on
+a Cortex-A76 (qemu, MiniLM int8) put one Mul per Linear at +7.7 M instructions per inference (+3.5%),
+shared scales at +3.5 M (results/arm64/study_int8.md: 224.4 M vs 220.9 M).
 
-Step keys: modules, exclude, alpha (0.85 measured best on MiniLM: 0.5 -> 0.983, 0.75 -> 0.998, 0.85 -> 0.998
-int8 cos; alpha near 0.5 moves too little off outlier channels for per-output-channel weights).
+Step keys: modules, exclude, alpha (0.85 on MiniLM; in the same simulation alpha 0.5 gave cos 0.983,
+0.75 gave 0.998, 0.85 gave 0.998: near 0.5 the outlier columns' growth hurts the per-output-channel weight
+scales more than the flatter activations help).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def apply(model: nn.Module, cfg: SmoothConfig, calibration: Calibration | None) 
         shared = None
         for name in group:
             new = SmoothedLinear(targets[name], 1.0 / s)
-            shared = shared or new.input_scale
+            if shared is None:
+                shared = new.input_scale
             new.input_scale = shared
             set_submodule(model, name, new)
             per_module[name] = {"input_absmax_before": round(float(a.max()), 3),

@@ -53,30 +53,17 @@ def quantize_onnx(src: Path, dst: Path, scheme: str, block_size: int = 32, accur
         )
         info = {"scheme": scheme, "weight_type": "int8", "per_channel": per_channel, "ops": ops}
         if int4_tables:
-            import onnx
-            from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-            cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, op_types_to_quantize=("Gather",),
-                                               quant_axes=(("Gather", 1),))
-            q = MatMulNBitsQuantizer(onnx.load(str(tmp)), algo_config=cfg)
-            q.process()
+            q = weight_only_int4(tmp, block_size, ("Gather",))
             tables = pack_int4_gather_tables(q.model.model)
             q.model.save_model_to_file(str(tmp), use_external_data_format=False)
             info.update({"ops": ["MatMul", "GatherBlockQuantized"], "tables": {"weight_type": "int4", "block_size": block_size,
                                                                               "count": tables}})
     elif scheme == "block-int4":
         import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-        cfg = DefaultWeightOnlyQuantConfig(
-            block_size=block_size, is_symmetric=True, op_types_to_quantize=("MatMul", "Gather"),
-            quant_axes=(("MatMul", 0), ("Gather", 1)),
-            **({"accuracy_level": accuracy_level} if accuracy_level is not None else {}),
-        )
         if grid not in INT4_GRIDS:
             raise EdgecompError(f"unknown int4 grid {grid!r}", f"use one of: {', '.join(INT4_GRIDS)}")
-        q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg)
-        q.process()
+        q = weight_only_int4(src, block_size, ("MatMul", "Gather"), accuracy_level)
         if grid == "litert":  # the quantizer consumed its copy: the float weights come from a fresh load
             requantize_on_litert_grid(q.model.model, onnx.load(str(src)), block_size)
         pack_int4_gather_tables(q.model.model)
@@ -87,6 +74,22 @@ def quantize_onnx(src: Path, dst: Path, scheme: str, block_size: int = 32, accur
         raise EdgecompError(f"unknown quantization scheme {scheme!r}", f"use one of: {', '.join(SCHEMES)}")
     os.replace(tmp, dst)
     return info
+
+
+def weight_only_int4(src: Path, block_size: int, op_types: tuple[str, ...], accuracy_level: int | None = None):
+    """ORT's MatMulNBitsQuantizer, run, on the graph at ``src``: symmetric 4-bit blocks along the input axis
+    of MatMul weights (MatMulNBits) and along each row of Gather tables (GatherBlockQuantized)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    cfg = DefaultWeightOnlyQuantConfig(
+        block_size=block_size, is_symmetric=True, op_types_to_quantize=op_types,
+        quant_axes=tuple((op, {"MatMul": 0, "Gather": 1}[op]) for op in op_types),
+        **({"accuracy_level": accuracy_level} if accuracy_level is not None else {}),
+    )
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg)
+    q.process()
+    return q
 
 
 def pack_int4_gather_tables(model) -> int:
