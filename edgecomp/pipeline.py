@@ -31,7 +31,7 @@ from .models import LoadedModel, load_model, resolve_model
 from .registry import Registry
 from .targets import ArtifactSpec, TargetSpec, load_target
 from .tasks import TASKS
-from .texts import default_texts, read_texts
+from .texts import default_texts
 
 # Python modules each runtime / converter needs, and how to get them.
 RUNTIME_REQUIREMENTS = {
@@ -106,15 +106,12 @@ def produce_onnx(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
     if spec.precision == "fp32":
         shutil.copy(src, dst)
     else:
-        from .optimize.quantize import quantize_onnx
+        from .optimize.quantize import SCHEME_OPTIONS, quantize_onnx
 
         ctx.log(f"quantize: {spec.quantization} -> {spec.filename}")
-        int4_options = {k: spec.options[k] for k in ("block_size", "accuracy_level", "grid") if k in spec.options}
-        if spec.quantization == "dynamic-per-channel-int4-tables":
-            int4_options = {k: v for k, v in int4_options.items() if k == "block_size"}
-        elif spec.quantization != "block-int4":
-            int4_options = {}
-        info["quantization"] = quantize_onnx(src, dst, spec.quantization or "dynamic-per-channel", **int4_options)
+        scheme = spec.quantization or "dynamic-per-channel"
+        options = {k: spec.options[k] for k in SCHEME_OPTIONS.get(scheme, ()) if k in spec.options}
+        info["quantization"] = quantize_onnx(src, dst, scheme, **options)
     if ctx.options.custom_ops:
         # After quantization: the quantizers match standard ops only, so functions must wrap their output.
         import onnx

@@ -73,16 +73,14 @@ def embed_batch1(session, tok, texts) -> np.ndarray:
 
 def arm_instructions(path: Path) -> dict:
     from edgecomp.bench import arm64
+    from edgecomp.runtime import open_artifact
 
     if not arm64.env_present():
         return {"skipped": arm64.SETUP_HINT}
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(1000, 20000, (1, 128)).astype(np.int64),
              "attention_mask": np.ones((1, 128), np.int64), "token_type_ids": np.zeros((1, 128), np.int64)}
-    s = ort_session(path, 1)
-    names = {i.name for i in s.get_inputs()}
-    feeds = {k: v for k, v in feeds.items() if k in names}
-    x86 = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+    x86 = open_artifact(path, threads=1).run(feeds)
     b = arm64.arm64_block(path, feeds, x86)
     return {k: b[k] for k in ("instructions_per_inference", "guest_peak_rss_mb", "emulated_cpu")}
 

@@ -351,6 +351,13 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
     teacher = capture(reference, cal, cfg.batch_size, blocks_name, keep_out=cfg.final_steps > 0)
     student_blocks = model.get_submodule(blocks_name)
     folds = layernorm_inputs(model, teacher[0]["batch"]) if cfg.fake_quant == "int4-tflite" else {}
+
+    def fake_quant_on(module: nn.Module | None) -> list:
+        """What the pipeline's quantizer will do to `module`, straight-through (undo with remove_fake_quant)."""
+        if cfg.fake_quant == "none" or module is None:
+            return []
+        return add_fake_quant(module, cfg.fake_quant, cfg.block_size, folds, cfg.int4_tables)
+
     losses = {}
     model.eval()  # train in eval mode: attention modules read self.training for their dropout
     with torch.enable_grad():
@@ -361,7 +368,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
         int4_tables = cfg.fake_quant.startswith("int4") or cfg.int4_tables  # int4 also quantizes the tables
         if emb is not None and (compressed_table or int4_tables):
             params = [p for p in emb.parameters() if cfg.train_tables or id(p) not in gather_tables(emb)]
-            fq = add_fake_quant(emb, cfg.fake_quant, cfg.block_size, int4_tables=cfg.int4_tables) if cfg.fake_quant != "none" else []
+            fq = fake_quant_on(emb)
 
             def emb_loss(i):
                 b = teacher[i]["batch"]
@@ -372,8 +379,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
             losses["embeddings"] = {"before": float(f"{first:.4g}"), "after": float(f"{last:.4g}"), "steps": n}
         # 2. blocks, in order, each from the student's own input
         inputs = []
-        fq = (add_fake_quant(emb, cfg.fake_quant, cfg.block_size, int4_tables=cfg.int4_tables)
-              if cfg.fake_quant != "none" and emb is not None else [])
+        fq = fake_quant_on(emb)
         with torch.no_grad():
             for rec in teacher:
                 b = rec["batch"]
@@ -381,7 +387,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
                               if cfg.sequential and emb is not None else _hidden_in(rec["blocks"][0]))
         remove_fake_quant(fq)
         for j, blk in enumerate(student_blocks):
-            fq = add_fake_quant(blk, cfg.fake_quant, cfg.block_size, folds) if cfg.fake_quant != "none" else []
+            fq = fake_quant_on(blk)
 
             def blk_loss(i, j=j, blk=blk):
                 args, kwargs, want = teacher[i]["blocks"][j]
@@ -402,8 +408,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
         # 3. end to end: every block at once on the last hidden state (fixes what blocks pass on)
         if cfg.final_steps:
             params = [p for p in model.parameters() if cfg.train_tables or id(p) not in gather_tables(model)]
-            fq = (add_fake_quant(model, cfg.fake_quant, cfg.block_size, folds, cfg.int4_tables)
-                  if cfg.fake_quant != "none" else [])
+            fq = fake_quant_on(model)
 
             def final_loss(i):
                 rec = teacher[i]

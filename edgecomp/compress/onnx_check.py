@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from ..tasks import MODEL_INPUTS as INPUTS
 
 
 class _HiddenOnly(nn.Module):

@@ -28,6 +28,9 @@ SCHEMES = ("dynamic-per-channel", "dynamic-per-tensor", "block-int4", "dynamic-p
 
 
 INT4_GRIDS = ("ort", "litert")
+# the options each scheme takes from a target's artifact (the others are the target's business)
+SCHEME_OPTIONS = {"block-int4": ("block_size", "accuracy_level", "grid"),
+                  "dynamic-per-channel-int4-tables": ("block_size",)}
 
 
 def quantize_onnx(src: Path, dst: Path, scheme: str, block_size: int = 32, accuracy_level: int | None = None,
@@ -110,8 +113,7 @@ def pack_int4_gather_tables(model) -> int:
         table = tables.get(node.input[0])
         if table is None or table.data_type != onnx.TensorProto.INT4 or table.dims[-1] % 2:
             continue
-        u = (numpy_helper.to_array(table).astype(np.int16) + 8).astype(np.uint8)  # signed -8..7 -> 0..15
-        table.CopyFrom(numpy_helper.from_array(u[..., 0::2] | (u[..., 1::2] << 4), table.name))
+        table.CopyFrom(numpy_helper.from_array(_packed_uint4(numpy_helper.to_array(table)), table.name))
         node.attribute.append(helper.make_attribute("bits", 4))
         packed += 1
     return packed
