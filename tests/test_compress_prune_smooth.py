@@ -172,7 +172,25 @@ def test_int8_dynamic_fake_quant_simulates_onnxruntime(tmp_path):
         sim = lin(x[None]).numpy()[0]  # batch of one sequence: one range for the whole tensor, as in ORT
         remove_fake_quant(done)
         assert np.array_equal(lin(x).numpy(), fp32)  # hook and parametrization gone
-    assert np.abs(sim - ort8).max() < 0.01 * np.abs(fp32 - ort8).max()
+    # x86 hosts without VNNI run ORT's u8 x s8 kernel with VPMADDUBSW, whose pairwise int16 sums saturate;
+    # those few outputs are the kernel's, not the grid's, so the comparison leaves them out.
+    exact = ~_int16_pair_saturation(q, x.numpy())
+    assert exact.mean() > 0.97
+    assert np.abs(sim - ort8)[exact].max() < 0.01 * np.abs(fp32 - ort8).max()
+
+
+def _int16_pair_saturation(quantized_onnx, x: np.ndarray) -> np.ndarray:
+    """Outputs of one dynamically quantized MatMul whose adjacent-pair u8*s8 sums leave int16."""
+    import onnx
+    from onnx import numpy_helper
+
+    w = next(numpy_helper.to_array(t) for t in onnx.load(str(quantized_onnx)).graph.initializer
+             if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) == 2).astype(np.int64)
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (hi - lo) / 255
+    xu = np.clip(np.round(x / scale) + np.clip(np.round(-lo / scale), 0, 255), 0, 255).astype(np.int64)
+    pairs = xu[:, 0::2, None] * w[None, 0::2] + xu[:, 1::2, None] * w[None, 1::2]  # [M, K/2, N]
+    return ((pairs > 32767) | (pairs < -32768)).any(1)
 
 
 def test_int8_with_int4_tables(tmp_path):
