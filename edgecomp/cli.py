@@ -60,6 +60,8 @@ def export(
     max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="early exit: accuracy budget in points"),
     exit_data: Optional[Path] = typer.Option(None, "--exit-data", help="early exit: labelled TSV (text<TAB>label) for heads and calibration"),
     heads: Optional[str] = typer.Option(None, "--heads", help="early exit: plain | ztw (default from the model file)"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="longest input in tokens, for every artifact "
+                                             "(default: the model's limit, capped by the target's largest TFLite bucket)"),
 ):
     """Export MODEL for a target: every artifact the device needs, verified, measured, with manifest and report."""
     from .pipeline import ExportOptions, export as run_export
@@ -68,7 +70,8 @@ def export(
     try:
         opts = ExportOptions(recipe=recipe, texts=read_texts(texts) if texts else None, bench=not no_bench,
                              custom_ops=custom_ops, early_exit=early_exit, max_accuracy_drop=max_accuracy_drop,
-                             exit_data=str(exit_data) if exit_data else None, exit_heads=heads)
+                             exit_data=str(exit_data) if exit_data else None, exit_heads=heads,
+                             max_length=max_length)
         dest = output or Path("out") / f"{Path(model).name}-{target}"
         manifest = run_export(model, target, dest, opts, force=force, log=_progress())
     except EdgecompError as e:
@@ -97,18 +100,27 @@ def run(
     input: Path = typer.Option(..., "--input", "-i", help="text file, one text per line"),
     output: Path = typer.Option(Path("-"), "--output", "-o", help="JSON lines output (default stdout)"),
     threads: int = typer.Option(1, "--threads"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    batch_size: int = typer.Option(8, "--batch-size", help="texts per runtime call (grouped by length)"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="cut texts at N tokens (default: the artifact's limit, in the manifest)"),
     generate: Optional[int] = typer.Option(None, "--generate", help="causal LM: greedy-decode N tokens per line"),
-    perplexity: bool = typer.Option(False, "--perplexity", help="causal LM: summed NLL and tokens scored per line"),
+    perplexity: bool = typer.Option(False, "--perplexity", help="causal LM: perplexity and tokens scored per line"),
 ):
-    """Run an exported artifact on its runtime over a text file; one JSON object per line."""
+    """Run an exported artifact on its runtime over a text file; one JSON object per input line, with its index."""
     from .infer import run_file
 
     try:
-        run_file(artifact, input, output, threads=threads, batch_size=batch_size, generate=generate,
-                 perplexity=perplexity)
+        s = run_file(artifact, input, output, threads=threads, batch_size=batch_size, generate=generate,
+                     perplexity=perplexity, max_length=max_length)
     except EdgecompError as e:
         _fail(e)
+    if s.blank:
+        shown = ", ".join(str(i) for i in s.blank[:5]) + (" ..." if len(s.blank) > 5 else "")
+        console.print(f"note: {len(s.blank)} blank line(s) got an error record (index {shown})", highlight=False,
+                      soft_wrap=True)
+    if s.truncated:
+        console.print(f"note: {s.truncated} of {s.records - len(s.blank)} texts were longer than {s.max_length} tokens "
+                      "and were cut there (records say truncated: true; --max-length lowers the limit)",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -166,16 +178,21 @@ def compress(
     force: bool = typer.Option(False, "--force"),
 ):
     """Compress a model with a recipe and save the PyTorch result (no export)."""
+    from . import __version__
     from .compress import Calibration, compress_model
-    from .manifest import staged_output_dir, write_json_atomic
-    from .models import load_model, resolve_model
+    from .manifest import write_json_atomic
+    from .models import load_model, model_dir, resolve_model, weights_bytes
+    from .outdir import check_output, staged_output_dir, written_files
     from .texts import default_texts, read_texts
 
     log = _progress()
     try:
         spec = resolve_model(model)
         rec = spec.recipe(recipe)
-        with staged_output_dir(output, force) as build:
+        check_output(output, force, spec.local_paths())
+        source = model_dir(spec)
+        with staged_output_dir(output, force, protected=(source, *spec.local_paths()),
+                               need_bytes=2 * weights_bytes(source)) as build:
             log(f"load: {spec.name}")
             loaded = load_model(spec)
             log(f"compress: recipe {recipe!r}")
@@ -185,7 +202,9 @@ def compress(
             # decoder shared across layers), which safetensors refuses to store
             loaded.model.save_pretrained(build, safe_serialization=False)
             loaded.tokenizer.save_pretrained(build)
-            write_json_atomic(build / "compression.json", rep)
+            # the folder's record: what --force may later replace
+            write_json_atomic(build / "compression.json", {"edgecomp_version": __version__, **rep,
+                                                            "files": written_files(build)})
     except EdgecompError as e:
         _fail(e)
     out.print(json.dumps(rep, indent=2)[:4000])
@@ -218,9 +237,40 @@ def models():
     out.print(t)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The console script: every error a user can cause is one line and exit 2, usage errors included."""
+    import signal
+
+    import click
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    # a kill (SIGTERM) unwinds like Ctrl-C, so staging folders are removed and OUT stays as it was
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        rc = app(standalone_mode=False)
+    except click.UsageError as e:
+        hint = f" (see `edgecomp {e.ctx.command_path.split(' ', 1)[1]} --help`)" if e.ctx and " " in e.ctx.command_path else \
+            " (see `edgecomp --help`)"
+        console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False, soft_wrap=True)
+        rc = 2
+    except click.exceptions.Abort:
+        console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
+        rc = 130
+    except KeyboardInterrupt:
+        console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
+        rc = 130
+    except OSError as e:
+        if e.errno == 28:
+            from .outdir import no_space
+
+            console.print(f"[bold red]error:[/] {no_space(Path(e.filename or '.').parent, 0)}", highlight=False, soft_wrap=True)
+            rc = 2
+        else:
+            raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -8,12 +8,9 @@ by stages (compression, early_exit, arm64 per artifact).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import EdgecompError
@@ -58,9 +55,48 @@ def read_manifest(out_dir: Path) -> dict:
     if not p.is_file():
         raise EdgecompError(f"{out_dir} has no {MANIFEST}", "pass a folder written by `edgecomp export`")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgecompError(f"{p} is not valid JSON ({e})", "re-run `edgecomp export` to rebuild the folder") from None
+    missing = missing_keys(data)
+    if missing:
+        raise EdgecompError(f"{p} is not a complete edgecomp manifest (no {missing})",
+                            "re-run `edgecomp export` to rebuild the folder")
+    return data
+
+
+# What `run`, `bench` and `report` read from every manifest; other blocks are optional.
+REQUIRED = {"edgecomp_version": str, "model": dict, "target": dict, "artifacts": list}
+REQUIRED_MODEL = {"name": str, "task": str}
+REQUIRED_TARGET = {"name": str}
+REQUIRED_ARTIFACT = {"path": str, "format": str, "precision": str, "sha256": str, "size_bytes": int}
+
+
+def missing_keys(data) -> str | None:
+    """The first required key a manifest lacks (or holds with the wrong type), as a dotted path; else None."""
+    def first(obj, required, prefix):
+        if not isinstance(obj, dict):
+            return prefix.rstrip(".") or "top-level object"
+        for k, typ in required.items():
+            if not isinstance(obj.get(k), typ) or isinstance(obj.get(k), bool):
+                return f"{prefix}{k}"
+        return None
+
+    gap = first(data, REQUIRED, "")
+    if gap:
+        return gap
+    gap = first(data["model"], REQUIRED_MODEL, "model.") or first(data["target"], REQUIRED_TARGET, "target.")
+    if gap:
+        return gap
+    if not data["artifacts"]:
+        return "artifacts[0]"
+    for i, rec in enumerate(data["artifacts"]):
+        gap = first(rec, REQUIRED_ARTIFACT, f"artifacts[{i}].")
+        if gap:
+            return gap
+        if Path(rec["path"]).name != rec["path"]:  # a manifest names files in its own folder, nothing else
+            return f"artifacts[{i}].path inside the folder"
+    return None
 
 
 def check_artifact_hash(out_dir: Path, record: dict) -> Path:
@@ -72,38 +108,3 @@ def check_artifact_hash(out_dir: Path, record: dict) -> Path:
         raise EdgecompError(f"{p} does not match the sha256 in the manifest (modified or corrupt)",
                             "re-run `edgecomp export` to rebuild the folder")
     return p
-
-
-@contextlib.contextmanager
-def staged_output_dir(out_dir: Path, force: bool):
-    """Build in a temporary sibling folder and rename it into place only if everything succeeded.
-
-    A failure (or Ctrl-C) leaves no half-written OUT behind.
-    """
-    out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and not force:
-        raise EdgecompError(f"output folder {out_dir} already exists", "pass --force to replace it, or choose another -o")
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    except OSError as e:
-        raise EdgecompError(f"cannot write to {parent} ({e.strerror})", "choose a writable output folder with -o") from None
-    try:
-        yield tmp
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == 28:  # ENOSPC
-            raise EdgecompError(f"the disk under {parent} is full", "free some space or choose another -o") from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)

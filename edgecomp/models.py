@@ -59,6 +59,11 @@ class ModelSpec:
             raise EdgecompError(f"model {self.name!r} has no recipe {name!r}", f"use one of: {known}")
         return self.recipes[name]
 
+    def local_paths(self) -> tuple[Path, ...]:
+        """Folders and files of the user's that this spec reads (never to be replaced by an export)."""
+        paths = [Path(self.source["path"]).expanduser()] if self.source.get("path") else []
+        return tuple(paths + ([self.path] if self.path else []))
+
     def to_json(self) -> dict:
         src = self.source.get("package") or self.source.get("path") or self.source.get("kind")
         # `location` re-resolves the same model later (`edgecomp bench` reloads the PyTorch reference).
@@ -136,8 +141,32 @@ TASK_BY_ARCH_SUFFIX = {
 }
 
 
+def read_config(d: Path) -> dict:
+    """``config.json`` of a model folder; a file that is not a JSON object is a one-line error."""
+    p = d / "config.json"
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise EdgecompError(f"cannot read {p} ({e.strerror})", "check the file's permissions") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgecompError(f"{p} is not valid JSON ({str(e).splitlines()[0][:120]})",
+                            "restore config.json from the model's original files (`save_pretrained` writes it)") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type", ""), str):
+        raise EdgecompError(f"{p} is not a Hugging Face model config (no JSON object with model_type)",
+                            "restore config.json from the model's original files (`save_pretrained` writes it)")
+    return cfg
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def weights_bytes(d: Path) -> int:
+    """Bytes of a model folder's weight files (``*.safetensors``, ``*.bin``)."""
+    return sum(p.stat().st_size for pat in ("*.safetensors", "*.bin") for p in Path(d).glob(pat) if p.is_file())
+
+
 def _spec_for_directory(d: Path) -> ModelSpec:
-    cfg = json.loads((d / "config.json").read_text())
+    cfg = read_config(d)
     task = "feature-extraction"
     for arch in cfg.get("architectures") or []:
         for suffix, t in TASK_BY_ARCH_SUFFIX.items():
@@ -187,7 +216,19 @@ def model_dir(spec: ModelSpec) -> Path:
     if not d.is_dir() or not (d / "config.json").exists():
         raise EdgecompError(f"model directory {d} is missing config.json",
                             "reinstall the model package or point at a folder written by `save_pretrained`")
+    read_config(d)
+    if not any((d / w).is_file() for w in WEIGHT_FILES):
+        raise EdgecompError(f"{d} has config.json but no weights ({' or '.join(WEIGHT_FILES[:2])})",
+                            "copy the weights next to config.json, or save the model again with `save_pretrained`")
     return d
+
+
+def forward_inputs(model) -> set[str]:
+    """The tensor inputs a model's ``forward`` accepts by name."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 @dataclass
@@ -196,6 +237,29 @@ class LoadedModel:
     directory: Path
     model: "object"  # a transformers PreTrainedModel in eval mode, fp32
     tokenizer: "object"
+
+    @property
+    def max_length(self) -> int:
+        """The longest input the model takes: its position table less the offset some families start at
+        (RoBERTa-style embeddings number positions from padding_idx + 1), capped by the tokenizer's and
+        sentence-transformers' own limits."""
+        cfg = self.model.config
+        limits = []
+        positions = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            embeddings = getattr(getattr(self.model, "base_model", self.model), "embeddings", None)
+            offset = getattr(embeddings, "padding_idx", None)
+            limits.append(positions - (offset + 1 if isinstance(offset, int) else 0))
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+            limits.append(tok_max)
+        st = self.directory / "sentence_bert_config.json"
+        if st.is_file():
+            try:
+                limits.append(int(json.loads(st.read_text())["max_seq_length"]))
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+                pass
+        return min(limits) if limits else 512
 
     @property
     def n_params(self) -> int:
@@ -224,4 +288,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             "check that config.json, the weights (model.safetensors or pytorch_model.bin) and the tokenizer files are complete",
         ) from None
     model.eval()
+    # A tokenizer may emit inputs the model does not take (a DistilBERT folder with a BERT tokenizer config
+    # emits token_type_ids): the model's forward decides, so tokenizing for it never emits them.
+    accepted = forward_inputs(model)
+    tok.model_input_names = [n for n in tok.model_input_names if n in accepted]
+    if "input_ids" not in tok.model_input_names:
+        raise EdgecompError(f"the model in {d} does not take input_ids", "export a text model (encoder, classifier or decoder)")
     return LoadedModel(spec, d, model, tok)

@@ -25,9 +25,11 @@ from .bench.latency import benchmark_feeds, latency_block
 from .bench.memory import peak_rss_mb
 from .bench.size import onnx_size_breakdown, torch_size_breakdown
 from .errors import EdgecompError
-from .manifest import MANIFEST, sha256, staged_output_dir, write_json_atomic
+from .manifest import MANIFEST, sha256, write_json_atomic
+from .outdir import check_output, staged_output_dir, written_files
 from .quiet import native_stderr_silenced
-from .models import LoadedModel, load_model, resolve_model
+from .optimize.quantize import PER_TENSOR_ACTIVATION_SCHEMES
+from .models import LoadedModel, load_model, model_dir, resolve_model, weights_bytes
 from .registry import Registry
 from .targets import ArtifactSpec, TargetSpec, load_target
 from .tasks import TASKS
@@ -61,6 +63,7 @@ class ExportOptions:
     max_accuracy_drop: float = 1.0
     exit_data: str | None = None  # labelled TSV for exit heads and τ calibration (default: the model file's)
     exit_heads: str | None = None  # plain | ztw (default: the model file's)
+    max_length: int | None = None  # truncation limit of every artifact (default: export_max_length)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class BuildContext:
     out: Path  # the temporary build folder (renamed to OUT at the end)
     work: Path  # scratch inside it, removed before the rename
     log: Callable[[str], None]
+    max_length: int = 512  # the export's truncation limit (export_max_length)
     keep_factorized: bool = False
     produced: dict = field(default_factory=dict)  # (format, precision) -> path
     onnx_io: dict = field(default_factory=dict)
@@ -93,6 +97,25 @@ class BuildContext:
             self.onnx_io["simplify"] = simplify_onnx(raw, simplified, keep_factorized=self.keep_factorized)
             self.produced[key] = simplified
         return self.produced[key]
+
+
+def bucket_lengths(buckets, max_length: int) -> tuple[int, ...]:
+    """A fixed-shape format's sequence buckets up to the export's max_length, which is always the last one."""
+    return (*sorted({b for b in buckets if b < max_length}), max_length)
+
+
+def export_max_length(target: TargetSpec, loaded: LoadedModel, wanted: int | None) -> int:
+    """One truncation limit for every artifact of an export: ``--max-length``, else the model's own limit
+    capped by the largest sequence bucket of the target's fixed-shape artifacts (so no format cuts
+    earlier than another)."""
+    limit = loaded.max_length
+    if wanted is not None:
+        if wanted < 2 or wanted > limit:
+            raise EdgecompError(f"--max-length {wanted} is outside what {loaded.spec.name} takes (2..{limit} tokens)",
+                                f"use --max-length {min(max(wanted, 2), limit)}")
+        return wanted
+    buckets = [max(a.seq_buckets) for a in target.artifacts if a.seq_buckets]
+    return min([limit, *buckets])
 
 
 PRODUCERS: Registry[Callable[[BuildContext, ArtifactSpec], tuple[Path, dict]]] = Registry("artifact format")
@@ -147,7 +170,7 @@ def produce_tflite(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
     ctx.fp32_onnx()  # the input names come from the ONNX export, so both formats take the same inputs
     names = ctx.onnx_io["inputs"]
     outputs = ctx.task.output_names
-    buckets = spec.seq_buckets or (ctx.target.bench.seq_len,)
+    buckets = bucket_lengths(spec.seq_buckets or (ctx.target.bench.seq_len,), ctx.max_length)
     ctx.log(f"convert: litert-torch -> {spec.filename} (buckets {list(buckets)}, {spec.quantization or 'fp32'})")
     module = PositionalModel(ctx.loaded.model, names, outputs).eval()
     dst = ctx.out / spec.filename
@@ -197,7 +220,9 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
     rec = {"path": path.name, "format": art.format, "runtime": art.runtime, "precision": art.precision,
            "quantization": art.quantization, "primary": art.primary}
     if art.seq_buckets:
-        rec["seq_buckets"] = list(art.seq_buckets)
+        rec["seq_buckets"] = list(bucket_lengths(art.seq_buckets, ctx.max_length))
+    rec["max_length"] = ctx.max_length
+    rec["batch_invariant"] = art.quantization not in PER_TENSOR_ACTIVATION_SCHEMES
     rec.update({k: v for k, v in info.items() if k not in rec})
     rec["metrics"] = measure_artifact(path, rec, ref, ctx.loaded, ctx.target, ctx.options.bench, ctx.log)
     require_tolerance(rec, ctx.target, recipe)
@@ -270,8 +295,12 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
     check_runtimes(target)
     task = TASKS.get(spec.task)
     texts = options.texts or default_texts()
+    check_output(out_dir, force, spec.local_paths())  # before any work: a refusal costs nothing
+    source = model_dir(spec)
+    # fp32 graphs in scratch plus every artifact: about three times the fp32 weights at the peak
+    need = 3 * weights_bytes(source)
 
-    with staged_output_dir(out_dir, force) as build:
+    with staged_output_dir(out_dir, force, protected=(source, *spec.local_paths()), need_bytes=need) as build:
         work = build / ".work"
         work.mkdir()
         log(f"load: {spec.name}")
@@ -306,6 +335,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
                 require_tolerance(rec, target, recipe)
         else:
             ctx = BuildContext(loaded, task, target, options, build, work, log,
+                               max_length=export_max_length(target, loaded, options.max_length),
                                keep_factorized=bool(recipe.options.get("keep_factorized", False)))
             arts, skipped = recipe_artifacts(target, recipe)
             if skipped:
@@ -343,10 +373,12 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         if compression:
             manifest["compression"] = compression
         manifest.update(extra_blocks)
-        write_json_atomic(build / MANIFEST, manifest)
         from .report import write_report
 
         write_report(manifest, build)
+        # what --force may later replace: exactly these files (and the manifest itself)
+        manifest["files"] = [f for f in written_files(build) if f != MANIFEST]
+        write_json_atomic(build / MANIFEST, manifest)
     return manifest
 
 

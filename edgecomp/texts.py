@@ -12,15 +12,33 @@ from .paths import PACKAGE_DIR
 DEFAULT_TEXTS = PACKAGE_DIR / "data" / "sentences.txt"
 
 
-def read_texts(path: str | Path) -> list[str]:
+def read_lines(path: str | Path) -> list[str]:
+    """Every line of a UTF-8 text file, blank ones included (a BOM is dropped); one-line errors otherwise."""
     p = Path(path)
     if not p.is_file():
         raise EdgecompError(f"text file {p} does not exist", "pass a UTF-8 text file with one text per line")
     try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise EdgecompError(f"text file {p} is not UTF-8 text", "pass a UTF-8 text file with one text per line") from None
-    texts = [ln for ln in lines if ln]
+        raw = p.read_bytes()
+    except OSError as e:
+        raise EdgecompError(f"cannot read {p} ({e.strerror})", "check the file's permissions") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise EdgecompError(f"text file {p} is not UTF-8 (line {line}, byte {e.start})",
+                            "convert it, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`, or pass a UTF-8 file") from None
+    if "\x00" in text:
+        raise EdgecompError(f"text file {p} holds NUL bytes (binary, or UTF-16/32 text)",
+                            "convert it to UTF-8, e.g. `iconv -f utf-16 -t utf-8 FILE > FILE.utf8`")
+    # line numbers as a person (and `wc -l`) counts them: only \n ends a line, not the other Unicode breaks
+    lines = [ln.removesuffix("\r") for ln in text.split("\n")]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file (calibration and verification text)."""
+    p = Path(path)
+    texts = [ln.strip() for ln in read_lines(p) if ln.strip()]
     if not texts:
         raise EdgecompError(f"text file {p} is empty", "put at least one non-empty line of text in it")
     return texts

@@ -1,10 +1,11 @@
 """``edgecomp run`` on a causal-LM export: ``--generate N`` (greedy text + tokens/s per input line) or
-``--perplexity`` ({"nll", "tokens"} per line). On-device code path: no torch, no transformers; the
+``--perplexity`` ({"perplexity", "tokens_scored", "nll"} per line). On-device code path: no torch, no transformers; the
 tokenizer is the export folder's tokenizer.json read with ``tokenizers``."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..errors import EdgecompError
@@ -44,9 +45,6 @@ class JsonTokenizer:
 def run_causal_lm(artifact_path: Path, export_dir: Path, texts: list[str], generate_tokens: int | None = None,
                   score_perplexity: bool = False, threads: int = 1) -> list[dict]:
     """One record per text: {"text", "tokens", "tokens_per_s", "prefill_ms"} and/or {"nll", "tokens_scored"}."""
-    if not generate_tokens and not score_perplexity:
-        raise EdgecompError("a text-generation artifact needs --generate N or --perplexity",
-                            "add `--generate 32` (greedy continuation) or `--perplexity`")
     tok = JsonTokenizer(export_dir)
     from .generate import open_causal_lm
 
@@ -58,6 +56,7 @@ def run_causal_lm(artifact_path: Path, export_dir: Path, texts: list[str], gener
                       "prefill_ms": round(g["prefill_ms"], 2)})
     if score_perplexity:
         for r, p in zip(recs, perplexity(sess, tok, texts)):
-            # "tokens" is the issue's field name for tokens scored; with --generate it would clash.
-            r.update({"nll": p["nll"], ("tokens_scored" if generate_tokens else "tokens"): p["tokens"]})
+            # a line of one token is context only: nothing is scored, so it has no perplexity
+            ppl = round(math.exp(p["nll"] / p["tokens"]), 4) if p["tokens"] else None
+            r.update({"perplexity": ppl, "tokens_scored": p["tokens"], "nll": round(p["nll"], 6)})
     return recs

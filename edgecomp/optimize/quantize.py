@@ -27,6 +27,12 @@ from ..errors import EdgecompError
 SCHEMES = ("dynamic-per-channel", "dynamic-per-tensor", "block-int4", "dynamic-per-channel-int4-tables")
 
 
+# Schemes whose activations ORT quantizes at run time with ONE range per tensor: a text's result then
+# depends on the other texts (and padding) in its batch, so `edgecomp run` feeds such artifacts one text
+# at a time. MatMulNBits (block-int4) quantizes activations per row; fp32 has no ranges.
+PER_TENSOR_ACTIVATION_SCHEMES = ("dynamic-per-channel", "dynamic-per-tensor", "dynamic-per-channel-int4-tables")
+
+
 INT4_GRIDS = ("ort", "litert")
 # the options each scheme takes from a target's artifact (the others are the target's business)
 SCHEME_OPTIONS = {"block-int4": ("block_size", "accuracy_level", "grid"),
