@@ -148,7 +148,7 @@ def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int =
     check_run_options(manifest, batch_size, threads, generate, perplexity, max_length)
     lines = read_lines(input_file)
     if not any(t.strip() for t in lines):
-        raise EdgecompError(f"text file {input_file} has no text (every line is blank)",
+        raise EdgecompError(f"text file {input_file} is empty (no line holds text)",
                             "put one text per line in it")
     summary = RunSummary(blank=[i for i, t in enumerate(lines) if not t.strip()])
     index = [i for i, t in enumerate(lines) if t.strip()]

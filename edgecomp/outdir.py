@@ -219,7 +219,8 @@ def staged_output_dir(out_dir: Path, force: bool, protected: tuple[Path, ...] = 
         # A full disk often surfaces as another library's error (a truncated file read back, a failed
         # export): with (almost) nothing left free while the staging folder still exists, it is the cause.
         full = isinstance(e, Exception) and free_bytes(parent) < FULL_DISK_BYTES
+        written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         shutil.rmtree(tmp, ignore_errors=True)
         if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or full:
-            raise no_space(parent, need_bytes) from None
+            raise no_space(parent, max(need_bytes, 2 * written)) from None  # it stopped part way: at least twice that
         raise
