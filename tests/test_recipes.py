@@ -225,3 +225,34 @@ def test_bench_and_report_from_another_folder(tiny_bert_dir, fast_target, tmp_pa
     res = runner.invoke(app, ["report", str(a / "out" / "x")])
     assert res.exit_code == 0, res.output
     assert (a / "out" / "x" / "report.md").exists() and "cpu-x86-fast" in res.output
+
+
+def test_block_size_of_a_distill_step_is_the_export_block_size(tmp_path):
+    """A distillation trained at block 64 exports at 64 (no longer silently at 32), and a format whose
+    converter writes only blocks of 32 refuses it before any work."""
+    from edgecomp.errors import EdgecompError
+    from edgecomp.pipeline import recipe_precision
+    from edgecomp.recipes import find_recipe
+    from edgecomp.targets import load_target
+
+    r = tmp_path / "b64.toml"
+    r.write_text('precision = "int4"\nsteps = [{method = "distill", fake_quant = "int4", block_size = 64}]\n')
+    recipe = find_recipe(str(r), {}, "m", "feature-extraction")
+    assert recipe.options["block_size"] == 64
+    arts = {a.format: a for a in load_target("android").artifacts}
+    onnx = recipe_precision(arts["onnx"], recipe)
+    assert onnx.quantization == "block-int4" and onnx.options["block_size"] == 64
+    with pytest.raises(EdgecompError, match="blocks of 64.*tflite.*blocks of 32"):
+        recipe_precision(arts["tflite"], recipe)
+
+
+@pytest.mark.parametrize("name", GENERIC)
+def test_every_generic_recipe_resolves_for_a_local_directory(tiny_bert_dir, name):
+    """Resolution + step validation (against the methods' configs) for each shipped recipe on a plain folder."""
+    from edgecomp.compress import parse_steps
+    from edgecomp.models import resolve_model
+
+    spec = resolve_model(str(tiny_bert_dir))
+    recipe = spec.recipe(name)
+    assert recipe.name == name and recipe.path.name == f"{name}.toml"
+    assert [m for m, _ in parse_steps(recipe.steps)] == [s["method"] for s in recipe.steps]
