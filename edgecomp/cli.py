@@ -1,4 +1,4 @@
-"""The `edgecomp` command: export, run, bench, report, compress, targets, models."""
+"""The `edgecomp` command: export, run, bench, report, compress, targets, models, recipes."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def export(
     model: str = typer.Argument(..., help="reference model name (see `edgecomp models`) or a local Hugging Face directory"),
     target: str = typer.Option("cpu-x86", "--target", "-t", help="target profile (see `edgecomp targets`)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="output folder (default out/<model>-<target>)"),
-    recipe: str = typer.Option("none", "--recipe", "-r", help="compression recipe from the model file"),
+    recipe: str = typer.Option("none", "--recipe", "-r", help="recipe name (see `edgecomp recipes`; the model file's first) or a recipe .toml"),
     texts: Optional[Path] = typer.Option(None, "--texts", help="text file (one per line) for verification and calibration"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
     no_bench: bool = typer.Option(False, "--no-bench", help="verify fidelity but skip latency and memory"),
@@ -172,7 +172,7 @@ def report(export_dir: Path = typer.Argument(..., help="a folder written by `edg
 @app.command()
 def compress(
     model: str = typer.Argument(..., help="reference model name or local Hugging Face directory"),
-    recipe: str = typer.Option(..., "--recipe", "-r", help="recipe from the model file"),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="recipe name (see `edgecomp recipes`) or a recipe .toml"),
     output: Path = typer.Option(..., "--output", "-o", help="folder for the compressed PyTorch model + report"),
     texts: Optional[Path] = typer.Option(None, "--texts", help="calibration text file"),
     force: bool = typer.Option(False, "--force"),
@@ -212,28 +212,51 @@ def compress(
 
 @app.command()
 def targets():
-    """List target profiles (targets/*.toml)."""
+    """List target profiles (edgecomp/data/targets, or $EDGECOMP_TARGETS)."""
     from .targets import list_targets
 
     t = Table(title="targets")
     for col in ("name", "artifacts", "runtimes", "description"):
         t.add_column(col)
-    for tg in list_targets():
-        arts = ", ".join(f"{a.filename} ({a.precision})" for a in tg.artifacts)
-        t.add_row(tg.name, arts, ", ".join(sorted(tg.runtimes())), tg.description)
+    try:
+        for tg in list_targets():
+            arts = ", ".join(f"{a.filename} ({a.precision})" for a in tg.artifacts)
+            t.add_row(tg.name, arts, ", ".join(sorted(tg.runtimes())), tg.description)
+    except EdgecompError as e:
+        _fail(e)
     out.print(t)
 
 
 @app.command()
 def models():
-    """List reference models (models/*.toml) and their recipes."""
+    """List reference models (edgecomp/data/models, or $EDGECOMP_MODELS) and the recipes each accepts."""
     from .models import list_models
 
     t = Table(title="reference models")
     for col in ("name", "task", "recipes", "description"):
         t.add_column(col)
-    for m in list_models():
-        t.add_row(m.name, m.task, ", ".join(sorted(m.recipes)) or "none", m.description)
+    try:
+        for m in list_models():
+            t.add_row(m.name, m.task, ", ".join(m.recipe_names()) or "none", m.description)
+    except EdgecompError as e:
+        _fail(e)
+    out.print(t)
+
+
+@app.command()
+def recipes():
+    """List the generic recipes (edgecomp/data/recipes, or $EDGECOMP_RECIPES); a model file may override them."""
+    from .recipes import list_recipes
+
+    t = Table(title="recipes (`--recipe NAME`, or `--recipe path/to/recipe.toml`)")
+    for col in ("name", "tasks", "steps", "formats", "description"):
+        t.add_column(col)
+    try:
+        for r in list_recipes():
+            steps = " → ".join(s.get("method", "?") for s in r.steps) or "—"
+            t.add_row(r.name, ", ".join(r.tasks) or "any", steps, ", ".join(r.formats or ()) or "target's", r.description)
+    except EdgecompError as e:
+        _fail(e)
     out.print(t)
 
 

@@ -1,7 +1,8 @@
-"""Reference models as data (models/*.toml) and loading of any local Hugging Face directory.
+"""Reference models as data (edgecomp/data/models/*.toml) and loading of any local Hugging Face directory.
 
-A model is resolved from a reference name (``all-minilm-l6-v2``) or a local directory holding
-``config.json`` + weights. Nothing is fetched from a hub: every loader passes ``local_files_only``.
+A model is resolved from a reference name (``all-minilm-l6-v2``), a model .toml, or a local directory
+holding ``config.json`` + weights. Nothing is fetched from a hub: every loader passes ``local_files_only``.
+Recipes live apart from models (edgecomp.recipes); a model file's ``[recipes.NAME]`` override the package's.
 """
 
 from __future__ import annotations
@@ -15,28 +16,13 @@ from typing import Callable
 
 from .errors import EdgecompError
 from .paths import models_dir
+from .recipes import NO_RECIPE, Recipe, find_recipe, list_recipes, parse_recipe  # noqa: F401 (re-exported)
 from .registry import Registry
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Named compression settings: an ordered list of method steps (see edgecomp.compress)."""
-
-    name: str
-    description: str = ""
-    steps: tuple[dict, ...] = ()
-    options: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "description": self.description, "steps": list(self.steps), **self.options}
-
-
-NO_RECIPE = Recipe("none", "no compression")
 
 
 @dataclass(frozen=True)
@@ -47,17 +33,17 @@ class ModelSpec:
     description: str = ""
     pooling: str | None = None
     normalize: bool = False
-    recipes: dict[str, Recipe] = field(default_factory=dict)
+    recipes: dict[str, Recipe] = field(default_factory=dict)  # the model file's own (override the package's)
     extra: dict = field(default_factory=dict)
-    path: Path | None = None  # the .toml, when the model came from models/
+    path: Path | None = None  # the .toml (absolute), when the model came from a model file
 
     def recipe(self, name: str) -> Recipe:
-        if name == "none" and "none" not in self.recipes:
-            return NO_RECIPE
-        if name not in self.recipes:
-            known = ", ".join(sorted(self.recipes)) or "none"
-            raise EdgecompError(f"model {self.name!r} has no recipe {name!r}", f"use one of: {known}")
-        return self.recipes[name]
+        """``--recipe NAME`` (this model's recipe, else the package's) or ``--recipe path/to/recipe.toml``."""
+        return find_recipe(name, self.recipes, self.name, self.task)
+
+    def recipe_names(self) -> list[str]:
+        """Every recipe name this model accepts: its own and the package's that apply to its task."""
+        return sorted({*self.recipes, *(r.name for r in list_recipes() if r.applies_to(self.task))})
 
     def local_paths(self) -> tuple[Path, ...]:
         """Folders and files of the user's that this spec reads (never to be replaced by an export)."""
@@ -66,7 +52,8 @@ class ModelSpec:
 
     def to_json(self) -> dict:
         src = self.source.get("package") or self.source.get("path") or self.source.get("kind")
-        # `location` re-resolves the same model later (`edgecomp bench` reloads the PyTorch reference).
+        # `location` re-resolves the same model later (`edgecomp bench` reloads the PyTorch reference), from
+        # any working directory: both the model file and a local directory are recorded absolute.
         location = str(self.path) if self.path else self.source.get("path")
         return {"name": self.name, "task": self.task, "source": f"{self.source.get('kind')}:{src}", "location": location}
 
@@ -108,20 +95,13 @@ def _parse_spec(path: Path) -> ModelSpec:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise EdgecompError(f"model file {path} cannot be read ({e})", "fix the TOML syntax") from None
-    recipes = {
-        name: Recipe(
-            name,
-            r.get("description", ""),
-            tuple(r.get("steps", ())),
-            {k: v for k, v in r.items() if k not in ("description", "steps")},
-        )
-        for name, r in raw.get("recipes", {}).items()
-    }
+    recipes = {name: parse_recipe(r, name, path, where=f"model file {path}, [recipes.{name}]")
+               for name, r in raw.get("recipes", {}).items()}
     known = {"name", "task", "source", "description", "pooling", "normalize", "recipes"}
     return ModelSpec(
         name=raw.get("name", path.stem),
         task=raw["task"],
-        source=raw["source"],
+        source=_anchored(raw["source"], path.parent),
         description=raw.get("description", ""),
         pooling=raw.get("pooling"),
         normalize=bool(raw.get("normalize", False)),
@@ -129,6 +109,15 @@ def _parse_spec(path: Path) -> ModelSpec:
         extra={k: v for k, v in raw.items() if k not in known},
         path=path,
     )
+
+
+def _anchored(src: dict, folder: Path) -> dict:
+    """A model file's relative local paths (also in nested sources, e.g. a fine-tune's base) are relative to
+    the file, so the model resolves the same from any working directory."""
+    src = {k: _anchored(v, folder) if isinstance(v, dict) else v for k, v in src.items()}
+    if src.get("kind", "local") == "local" and isinstance(src.get("path"), str):
+        src["path"] = str((folder / Path(src["path"]).expanduser()).resolve())
+    return src
 
 
 def list_models() -> list[ModelSpec]:
@@ -193,7 +182,7 @@ def resolve_model(name_or_dir: str) -> ModelSpec:
     """A reference name from models/, a path to a model .toml, or a local HF directory."""
     p = Path(name_or_dir).expanduser()
     if p.suffix == ".toml" and p.is_file():
-        return _parse_spec(p)
+        return _parse_spec(p.resolve())
     cand = models_dir() / f"{name_or_dir}.toml"
     if cand.exists():
         return _parse_spec(cand)
@@ -203,7 +192,7 @@ def resolve_model(name_or_dir: str) -> ModelSpec:
                 f"{p} is not a Hugging Face model directory (no config.json)",
                 "pass a folder written by `save_pretrained`, or a reference name from `edgecomp models`",
             )
-        return _spec_for_directory(p)
+        return _spec_for_directory(p.resolve())
     if p.exists() or "/" in name_or_dir or name_or_dir.startswith("."):
         raise EdgecompError(f"model path {name_or_dir!r} does not exist or is not a directory",
                             "check the path, or use a reference name from `edgecomp models`")

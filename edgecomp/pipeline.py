@@ -232,6 +232,9 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
 # A recipe may fix the precision its compression was trained for (e.g. int4-aware distillation);
 # it then overrides the target's quantized artifacts, each format with its own int4 scheme.
 INT4_SCHEMES = {"onnx": "block-int4", "ort": "block-int4", "tflite": "int4-block"}
+# Schemes whose int4 block is fixed by the converter (litert-torch quantizes BLOCKWISE_32 only), so a
+# recipe's `block_size` other than that is refused rather than dropped.
+FIXED_INT4_BLOCK = {"int4-block": 32}
 
 
 # A recipe may also store only the embedding tables in 4 bits (`table_precision = "int4"`) and keep the
@@ -245,15 +248,21 @@ def recipe_precision(art: ArtifactSpec, recipe) -> ArtifactSpec:
     if tables not in (None, "int4"):
         raise EdgecompError(f"recipe {recipe.name!r} asks for table_precision {tables!r}",
                             "use table_precision = \"int4\" or leave it out")
+    block = {"block_size": recipe.options["block_size"]} if "block_size" in recipe.options else {}
     if tables and wanted is None and art.precision == "int8" and art.quantization in INT4_TABLE_SCHEMES:
-        return ArtifactSpec(**{**vars(art), "precision": "int8+int4-tables",
+        return ArtifactSpec(**{**vars(art), "precision": "int8+int4-tables", "options": {**art.options, **block},
                                "quantization": INT4_TABLE_SCHEMES[art.quantization]})
     if wanted in (None, art.precision) or art.precision == "fp32":
         return art
     if wanted != "int4":
         raise EdgecompError(f"recipe {recipe.name!r} asks for precision {wanted!r}", "use precision = \"int4\" or leave it to the target")
-    options = {**art.options, **({"grid": recipe.options["int4_grid"]} if "int4_grid" in recipe.options else {})}
-    return ArtifactSpec(**{**vars(art), "precision": "int4", "quantization": INT4_SCHEMES[art.format], "options": options})
+    scheme = INT4_SCHEMES[art.format]
+    if block and FIXED_INT4_BLOCK.get(scheme, block["block_size"]) != block["block_size"]:
+        raise EdgecompError(f"recipe {recipe.name!r} asks for int4 blocks of {block['block_size']}, and the {art.format} "
+                            f"converter writes blocks of {FIXED_INT4_BLOCK[scheme]} only",
+                            f"use block_size = {FIXED_INT4_BLOCK[scheme]}, or formats without {art.format}")
+    options = {**art.options, **block, **({"grid": recipe.options["int4_grid"]} if "int4_grid" in recipe.options else {})}
+    return ArtifactSpec(**{**vars(art), "precision": "int4", "quantization": scheme, "options": options})
 
 
 def recipe_artifacts(target: TargetSpec, recipe) -> tuple[list[ArtifactSpec], list[dict]]:
@@ -341,7 +350,8 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             if skipped:
                 log(f"skip: {', '.join(a['path'] for a in skipped)} (recipe {recipe.name!r}: {skipped[0]['reason']})")
                 extra_blocks["skipped_artifacts"] = skipped
-            records = [produce_and_verify(ctx, recipe_precision(art, recipe), ref, recipe) for art in arts]
+            arts = [recipe_precision(art, recipe) for art in arts]  # every refusal before the first artifact
+            records = [produce_and_verify(ctx, art, ref, recipe) for art in arts]
 
         shutil.rmtree(work, ignore_errors=True)
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT

@@ -1,4 +1,4 @@
-"""Target profiles: data files in targets/*.toml. Adding a target is adding a file."""
+"""Target profiles: data files in edgecomp/data/targets/*.toml. Adding a target is adding a file."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class TargetSpec:
     bench: BenchSpec
     emulated_cpu: str | None = None
     checks: tuple[str, ...] = ()  # device checks per artifact (edgecomp.bench.checks)
-    path: Path | None = None
+    path: Path | None = None  # the target file, absolute
 
     @property
     def primary(self) -> ArtifactSpec:
@@ -143,7 +143,7 @@ def list_targets() -> list[TargetSpec]:
 def load_target(name_or_path: str) -> TargetSpec:
     p = Path(name_or_path)
     if p.suffix == ".toml" and p.exists():
-        return _parse(p)
+        return _parse(p.resolve())  # absolute: the manifest records it for `edgecomp bench` from any folder
     cand = targets_dir() / f"{name_or_path}.toml"
     if cand.exists():
         return _parse(cand)

@@ -34,7 +34,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fast_target(tmp_path_factory) -> Path:
     """cpu-x86 with a short benchmark, so pipeline tests take seconds."""
-    src = (ROOT / "targets" / "cpu-x86.toml").read_text()
+    src = (ROOT / "edgecomp" / "data" / "targets" / "cpu-x86.toml").read_text()
     src = src.replace("warmup = 5", "warmup = 1").replace("runs = 30", "runs = 3").replace("seq_len = 128", "seq_len = 32")
     p = tmp_path_factory.mktemp("targets") / "cpu-x86-fast.toml"
     p.write_text(src.replace('name = "cpu-x86"', 'name = "cpu-x86-fast"'))

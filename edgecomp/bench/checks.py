@@ -1,4 +1,4 @@
-"""Device checks a target asks for (``checks = [...]`` in targets/*.toml), run on each artifact.
+"""Device checks a target asks for (``checks = [...]`` in edgecomp/data/targets/*.toml), run on each artifact.
 
 - ``arm64``: the artifact on the aarch64 build of its runtime under qemu-aarch64 (parity with x86,
   guest instructions per inference, guest-only peak RSS); recorded as the record's ``arm64`` block.

@@ -1,6 +1,6 @@
 """The ``sst2-finetune`` model source: a sentence classifier fine-tuned once from an encoder, then cached.
 
-A models/*.toml names it in its ``[source]`` table::
+A model file (edgecomp/data/models/*.toml) names it in its ``[source]`` table::
 
     [source]
     kind = "sst2-finetune"

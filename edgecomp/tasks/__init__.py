@@ -1,6 +1,6 @@
 """Task handlers: what a model's artifact takes and returns, how its raw outputs become a result per
 text, and how an artifact's outputs are compared with PyTorch's. One module per task, registered by
-name (the ``task`` of a models/*.toml)."""
+name (the ``task`` of a model file, edgecomp/data/models/*.toml)."""
 
 from __future__ import annotations
 
