@@ -190,7 +190,7 @@ def staged_output_dir(out_dir: Path, force: bool, protected: tuple[Path, ...] = 
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise EdgecompError(f"cannot create {parent} ({e.strerror})", "choose a writable output folder with -o") from None
+        raise EdgecompError(f"cannot write to {parent} ({e.strerror})", "choose a writable output folder with -o") from None
     if not os.access(parent, os.W_OK):
         raise EdgecompError(f"cannot write to {parent} (permission denied)", "choose a writable output folder with -o")
     if need_bytes:
