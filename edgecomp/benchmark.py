@@ -20,7 +20,7 @@ from .texts import default_texts, read_texts
 def bench_export(export_dir: Path, target: str | None = None, texts_file: Path | None = None,
                  log: Callable[[str], None] = lambda s: None) -> dict:
     from .bench.fidelity import ReferenceSet
-    from .pipeline import measure_artifact
+    from .pipeline import VERIFY_MAX_LENGTH, measure_artifact
 
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
@@ -38,7 +38,8 @@ def bench_export(export_dir: Path, target: str | None = None, texts_file: Path |
     loaded = load_model(spec)
     task = TASKS.get(spec.task)
     texts = read_texts(texts_file) if texts_file else default_texts()
-    ref = ReferenceSet(loaded, task, texts)
+    limits = [r["max_length"] for r in manifest["artifacts"] if isinstance(r.get("max_length"), int)]
+    ref = ReferenceSet(loaded, task, texts, max_length=min([VERIFY_MAX_LENGTH, *limits]))
     for rec, path in zip(manifest["artifacts"], paths):
         if rec.get("role") == "early-exit-stage":  # takes hidden states, not text: measured by the exit runtime
             continue

@@ -99,6 +99,10 @@ class BuildContext:
         return self.produced[key]
 
 
+# Verification compares texts up to this many tokens (or the export's limit, when shorter).
+VERIFY_MAX_LENGTH = 128
+
+
 def bucket_lengths(buckets, max_length: int) -> tuple[int, ...]:
     """A fixed-shape format's sequence buckets up to the export's max_length, which is always the last one."""
     return (*sorted({b for b in buckets if b < max_length}), max_length)
@@ -318,8 +322,9 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         ref_breakdown = torch_size_breakdown(loaded.model)
         generic = not options.early_exit and spec.task != "text-generation"
         if generic:  # before compression: every artifact is compared with the original fp32 model
+            max_length = export_max_length(target, loaded, options.max_length)
             log(f"reference: PyTorch fp32 outputs on {len(texts)} texts")
-            ref = ReferenceSet(loaded, task, texts)
+            ref = ReferenceSet(loaded, task, texts, max_length=min(max_length, VERIFY_MAX_LENGTH))
         compression = None
         if recipe.steps:
             from .compress import Calibration, compress_model
@@ -344,7 +349,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
                 require_tolerance(rec, target, recipe)
         else:
             ctx = BuildContext(loaded, task, target, options, build, work, log,
-                               max_length=export_max_length(target, loaded, options.max_length),
+                               max_length=max_length,
                                keep_factorized=bool(recipe.options.get("keep_factorized", False)))
             arts, skipped = recipe_artifacts(target, recipe)
             if skipped:

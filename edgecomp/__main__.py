@@ -1,0 +1,5 @@
+"""``python -m edgecomp`` is the ``edgecomp`` command."""
+
+from .cli import main
+
+main()
