@@ -265,6 +265,7 @@ def main() -> None:
     import signal
 
     import click
+    from rich.markup import escape
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt
@@ -273,10 +274,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, interrupted)
     try:
         rc = app(standalone_mode=False)
+        if rc == 130:  # typer turns Ctrl-C / SIGTERM into exit 130 after the staging folder was removed
+            console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
     except click.UsageError as e:
-        hint = f" (see `edgecomp {e.ctx.command_path.split(' ', 1)[1]} --help`)" if e.ctx and " " in e.ctx.command_path else \
-            " (see `edgecomp --help`)"
-        console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False, soft_wrap=True)
+        sub = f" {e.ctx.info_name}" if e.ctx is not None and e.ctx.parent is not None else ""
+        problem = e.format_message().rstrip(".")
+        console.print(f"[bold red]error:[/] {escape(problem)}. Fix: see `edgecomp{sub} --help`.", highlight=False,
+                      soft_wrap=True)
         rc = 2
     except click.exceptions.Abort:
         console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
