@@ -35,7 +35,38 @@ def open_artifact(path: str | Path, threads: int | None = None) -> Runner:
     fmt = p.suffix.lstrip(".")
     if fmt not in RUNNERS:
         raise EdgecompError(f"{p.name}: unsupported artifact type {p.suffix!r}", "pass an .onnx, .ort or .tflite file")
-    return RUNNERS.get(fmt)(p, threads)
+    try:
+        return CheckedRunner(RUNNERS.get(fmt)(p, threads))
+    except EdgecompError:
+        raise
+    except Exception as e:  # a runtime rejecting a damaged file raises its own types, deep in its loader
+        raise EdgecompError(f"the runtime cannot load {p.name} ({_first_line(e)})", CORRUPT_FIX) from None
+
+
+CORRUPT_FIX = "the file is corrupt or truncated: re-run `edgecomp export` to rebuild it"
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+class CheckedRunner:
+    """A runner whose runtime failures (a damaged file found only when tensors are allocated or run) are
+    one-line errors; everything else is the wrapped runner's."""
+
+    def __init__(self, runner):
+        self._runner = runner
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self._runner.run(feeds)
+        except EdgecompError:
+            raise
+        except Exception as e:
+            raise EdgecompError(f"{self._runner.path.name} failed to run ({_first_line(e)})", CORRUPT_FIX) from None
 
 
 from . import ort as _ort  # noqa: E402,F401  (registers .onnx/.ort)
