@@ -47,10 +47,21 @@ def written_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
 
 
+# What exports written before manifests listed their files hold besides their artifacts.
+LEGACY_EXPORT_FILES = {"report.md", "size_breakdown.png", "early_exit.json", "config.json", "tokenizer.json",
+                       "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
+                       "tokenizer.model", "generation_config.json"}
+
+
 def _owned_files(record: dict) -> set[str] | None:
     files = record.get("files")
     if isinstance(files, list) and all(isinstance(f, str) for f in files):
         return set(files) | {record["_record"]}
+    artifacts = record.get("artifacts")
+    if record["_record"] == "manifest.json" and isinstance(artifacts, list):
+        paths = {a["path"] for a in artifacts if isinstance(a, dict) and isinstance(a.get("path"), str)}
+        configs = {f"{Path(p).stem}.required_operators.config" for p in paths}
+        return paths | configs | LEGACY_EXPORT_FILES | {"manifest.json"}
     return None
 
 
@@ -78,8 +89,8 @@ def refuse_to_replace(out_dir: Path, protected: tuple[Path, ...] = ()) -> None:
         raise EdgecompError(f"{out_dir} exists and is not an edgecomp export (no manifest.json from edgecomp): "
                             "--force replaces only folders edgecomp wrote", "choose another -o, or move that folder away yourself")
     owned = _owned_files(record)
-    if owned is None:  # written before exports listed their files: nothing but its artifacts is known to be ours
-        raise EdgecompError(f"{out_dir} is an older edgecomp export that does not list its files, so --force cannot tell "
+    if owned is None:
+        raise EdgecompError(f"{out_dir} is an edgecomp folder that does not list its files, so --force cannot tell "
                             "them from yours", "delete it yourself, or choose another -o")
     foreign = [f for f in written_files(out_dir) if f not in owned]
     if foreign:
