@@ -106,9 +106,8 @@ class Qwen2(DecoderFamily):
 
 @FAMILIES.register("phi3")
 class Phi3(DecoderFamily):
-    """Fused ``qkv_proj`` ([q; k; v] rows) and fused ``gate_up_proj`` ([gate; up] rows, SwiGLU)."""
-
-    rope_types = (None, "default")  # longrope (Phi-3.5 128K) has factors per frequency: not mapped
+    """Fused ``qkv_proj`` ([q; k; v] rows) and fused ``gate_up_proj`` ([gate; up] rows, SwiGLU). Phi-3.5's
+    128K ``longrope`` scaling is refused by the base class's rotary check."""
 
     def attention(self, cfg, hf):
         a = super().attention(cfg, hf)
