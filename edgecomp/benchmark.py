@@ -34,16 +34,26 @@ def bench_export(export_dir: Path, target: str | None = None, texts_file: Path |
     spec = resolve_model(manifest["model"].get("location") or manifest["model"]["name"])
     t = manifest["target"]
     export_target = load_target(t["file"] if t.get("file") and Path(t["file"]).exists() else t["name"])
+    task = TASKS.get(spec.task)
+    # A task whose artifacts are not one forward pass (a causal LM's KV cache) measures them its own way.
+    own_measure = getattr(task, "measure_artifact", None)
+    if own_measure and target is not None and target != export_target.name:
+        raise EdgecompError(f"`edgecomp bench --target {target}` re-measures fixed-shape artifacts; this "
+                            f"{spec.task} export is measured for its own target {export_target.name!r}",
+                            "run `edgecomp bench OUT` without --target, or export for that target")
     log(f"load: {spec.name} (the uncompressed PyTorch reference)")
     loaded = load_model(spec)
-    task = TASKS.get(spec.task)
     texts = read_texts(texts_file) if texts_file else default_texts()
     limits = [r["max_length"] for r in manifest["artifacts"] if isinstance(r.get("max_length"), int)]
-    ref = ReferenceSet(loaded, task, texts, max_length=min([VERIFY_MAX_LENGTH, *limits]))
+    ref = None if own_measure else ReferenceSet(loaded, task, texts, max_length=min([VERIFY_MAX_LENGTH, *limits]))
     for rec, path in zip(manifest["artifacts"], paths):
         if rec.get("role") == "early-exit-stage":  # takes hidden states, not text: measured by the exit runtime
             continue
-        rec["metrics"] = measure_artifact(path, rec, ref, loaded, export_target, True, log)
+        if own_measure:
+            # no --texts: the task's own default verification set (the one its export used)
+            rec["metrics"] = own_measure(path, rec, loaded, texts if texts_file else None, export_target, True, log)
+        else:
+            rec["metrics"] = measure_artifact(path, rec, ref, loaded, export_target, True, log)
     if target is not None and target != export_target.name:
         # e.g. `--target arm64` on a cpu-x86 export: measure these artifacts the way that target would
         extra = wanted

@@ -124,9 +124,12 @@ def list_models() -> list[ModelSpec]:
     return [_parse_spec(p) for p in sorted(models_dir().glob("*.toml"))]
 
 
+# Class-name endings that say the task when transformers' auto mappings do not know the class (a custom
+# architecture registered by a user's own code). GPT-2 style heads end in ``LMHeadModel``.
 TASK_BY_ARCH_SUFFIX = {
     "ForSequenceClassification": "text-classification",
     "ForCausalLM": "text-generation",
+    "LMHeadModel": "text-generation",
 }
 
 
@@ -154,13 +157,36 @@ def weights_bytes(d: Path) -> int:
     return sum(p.stat().st_size for pat in ("*.safetensors", "*.bin") for p in Path(d).glob(pat) if p.is_file())
 
 
+def _task_by_class_name() -> dict[str, str]:
+    """Every transformers class that ``AutoModelForCausalLM`` / ``...ForSequenceClassification`` builds ->
+    its task (the library's own mapping, so ``GPT2LMHeadModel`` or ``BloomForCausalLM`` need no rule here)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    by_class = {}
+    for mapping, task in ((auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, "text-classification"),
+                          (auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "text-generation")):
+        for names in mapping.values():
+            for name in (names if isinstance(names, (list, tuple)) else [names]):
+                by_class.setdefault(name, task)
+    return by_class
+
+
+def task_for_architectures(architectures: list[str]) -> str:
+    """The task of a config's ``architectures`` (the class that wrote the weights); a bare encoder or an
+    unknown class is a feature extractor."""
+    by_class = _task_by_class_name()
+    for arch in architectures:
+        if arch in by_class:
+            return by_class[arch]
+        for suffix, task in TASK_BY_ARCH_SUFFIX.items():
+            if arch.endswith(suffix):
+                return task
+    return "feature-extraction"
+
+
 def _spec_for_directory(d: Path) -> ModelSpec:
     cfg = read_config(d)
-    task = "feature-extraction"
-    for arch in cfg.get("architectures") or []:
-        for suffix, t in TASK_BY_ARCH_SUFFIX.items():
-            if arch.endswith(suffix):
-                task = t
+    task = task_for_architectures(cfg.get("architectures") or [])
     # sentence-transformers folders say how they pool; plain encoders default to mean + L2 norm.
     pooling, normalize = "mean", True
     pool_cfg = d / "1_Pooling" / "config.json"

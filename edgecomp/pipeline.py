@@ -341,10 +341,16 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             records, extra_blocks["early_exit"] = result["artifacts"], result["early_exit"]
         elif spec.task == "text-generation":
             # KV-cache graphs, greedy-decoding + NLL verification (edgecomp.llm).
-            from .llm.export import export_causal_lm
+            from .llm.export import causal_lm_artifacts, export_causal_lm
 
+            arts, skipped = recipe_artifacts(target, recipe)
+            arts, cannot = causal_lm_artifacts(loaded, arts)  # decided from the config, before any lowering
+            for sk in skipped + cannot:
+                log(f"skip: {sk['path']} ({sk['reason']})")
+            if skipped or cannot:
+                extra_blocks["skipped_artifacts"] = skipped + cannot
             records = export_causal_lm(loaded, target, build, work_dir=work, recipe_options=recipe.options,
-                                       texts=options.texts, log=log)
+                                       texts=options.texts, bench=options.bench, artifacts=arts, log=log)
             for rec in records:
                 require_tolerance(rec, target, recipe)
         else:

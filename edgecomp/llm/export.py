@@ -36,7 +36,8 @@ def export_causal_lm_onnx(model, out_path: Path, opset: int = 17) -> dict:
             onnx_export_from_model(model, tmp, task=OPTIMUM_TASK, opset=opset, do_validation=False)
         except ValueError as e:
             raise EdgecompError(f"optimum cannot export this causal LM ({str(e).splitlines()[0][:160]})",
-                                "use a Llama/GPT-2/Mistral-style architecture that optimum supports") from None
+                                "use an architecture that optimum's ONNX exporter supports (gpt2, llama, qwen2, mistral, "
+                                "phi3, gemma, ...)") from None
         produced = Path(tmp) / "model.onnx"
         if (Path(tmp) / "model.onnx_data").exists():  # > 2 GB: keep one file is impossible; out of scope
             raise EdgecompError("the causal LM is larger than 2 GB", "edgecomp targets models under 2 GB")
@@ -101,13 +102,42 @@ def verify_causal_lm(path: Path, loaded, texts: list[str], n_generate: int = 2, 
     }
 
 
+def causal_lm_artifacts(loaded, artifacts: list) -> tuple[list, list[dict]]:
+    """The artifacts this causal LM can have, decided from its config before anything is lowered: a .tflite
+    that litert-torch cannot re-author (see families.py) is skipped with the reason, for the manifest's
+    ``skipped_artifacts``. If the primary artifact is skipped, the first kept quantized one is primary."""
+    from dataclasses import replace
+
+    from .tflite import tflite_unsupported
+
+    hf = loaded.model.config.to_dict()
+    kept, skipped = [], []
+    for spec in artifacts:
+        reason = (tflite_unsupported(hf, _kv_cache_len(loaded, spec))
+                  if spec.format == "tflite" else None)
+        if reason:
+            skipped.append({"path": spec.filename, "format": spec.format, "reason": reason})
+        else:
+            kept.append(spec)
+    if skipped and kept and not any(a.primary for a in kept):
+        first = next((a for a in kept if a.precision != "fp32"), kept[0])
+        kept = [replace(a, primary=a is first) for a in kept]
+    return kept, skipped
+
+
 def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = None, recipe_options: dict | None = None,
                      texts: list[str] | None = None, verify: bool = True, simplify: bool = True,
+                     bench: bool = False, artifacts: list | None = None,
                      log: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Every ONNX Runtime artifact ``target`` lists, for a causal LM. Returns one record per artifact:
-    {path (relative to build_dir), format, runtime, precision, quantization, primary, exporter, inputs,
-    outputs, llm_quantization, metrics: {fidelity}}. TFLite artifacts go through litert-torch (see tflite.py)."""
+    """Every artifact of ``artifacts`` (default: all ``target`` lists), for a causal LM. Returns one record per
+    artifact: {path (relative to build_dir), format, runtime, precision, quantization, primary, exporter, inputs,
+    outputs, llm_quantization, metrics: {fidelity, latency_ms, peak_rss_mb}}; ``bench`` measures decode latency
+    and fresh-process RSS (llm/bench.py). TFLite artifacts go through litert-torch (see tflite.py); call
+    ``causal_lm_artifacts`` first to skip those it cannot build."""
+    from .bench import measure_causal_lm
+
     build_dir = Path(build_dir)
+    texts = texts or _default_texts()
     work = Path(work_dir) if work_dir else build_dir / ".work-llm"
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / "fp32.onnx"
@@ -125,9 +155,12 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
         else:
             os.replace(work / "raw.onnx", fp32)
     records, by_precision = [], {}
-    for spec in target.artifacts:
+    for spec in (target.artifacts if artifacts is None else artifacts):
         if spec.format == "tflite":
-            records.append(_tflite_artifact(loaded, spec, build_dir, work, texts, verify, log, recipe_options or {}))
+            rec = _tflite_artifact(loaded, spec, build_dir, work, log, recipe_options or {})
+            if verify:
+                rec["metrics"] = measure_causal_lm(build_dir / rec["path"], loaded, texts, target, bench, log)
+            records.append(rec)
             continue
         opts = {**(recipe_options or {}), **spec.options}
         cfg = quant_config_for(spec.precision, spec.quantization, opts)
@@ -161,8 +194,7 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
                "quantization": cfg.name if cfg else spec.quantization, "primary": spec.primary, "exporter": io.get("exporter"),
                "llm_quantization": qinfo, "simplify": io.get("simplify"), **extra}
         if verify:
-            log(f"verify: {rec['path']} greedy decoding + NLL vs PyTorch")
-            rec["metrics"] = {"fidelity": verify_causal_lm(Path(dst), loaded, texts or _default_texts())}
+            rec["metrics"] = measure_causal_lm(Path(dst), loaded, texts, target, bench, log)
         records.append(rec)
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
@@ -176,7 +208,18 @@ TFLITE_QUANTIZATION = {"dynamic-int8": "dynamic_int8", "dynamic-per-channel": "d
                        "int4-block128": "dynamic_int4_block128", "weight-only-int8": "weight_only_int8"}
 
 
-def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, texts, verify: bool, log, recipe_options: dict) -> dict:
+def _kv_cache_len(loaded, spec) -> int:
+    extra = getattr(getattr(loaded, "spec", None), "extra", {}) or {}
+    return int(spec.options.get("kv_cache_max_len") or extra.get("kv_cache_max_len") or 1024)
+
+
+def head_is_tied(model) -> bool:
+    """The LM head reads the token table itself (not a copy): what the loaded model does, whatever the config says."""
+    head, table = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and table is not None and head.weight is table.weight
+
+
+def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, log, recipe_options: dict) -> dict:
     from .tflite import export_causal_lm_tflite
 
     hf_dir = work / "hf-for-litert"
@@ -194,17 +237,15 @@ def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, texts, verify: b
     extra = getattr(getattr(loaded, "spec", None), "extra", {}) or {}
     buckets = tuple(recipe_options.get("llm_prefill_buckets") or extra.get("prefill_buckets") or spec.seq_buckets
                     or (32, 128))
-    kv_len = int(spec.options.get("kv_cache_max_len") or extra.get("kv_cache_max_len") or 1024)
+    kv_len = _kv_cache_len(loaded, spec)
     dst = build_dir / spec.filename
-    log(f"convert: litert-torch -> {spec.filename} ({quant}, prefill {list(buckets)}, KV cache {kv_len})")
-    info = export_causal_lm_tflite(hf_dir, dst, quant, buckets, kv_len)
-    rec = {"path": dst.name, "format": "tflite", "runtime": spec.runtime,
-           "precision": next((p for p in ("int4", "int8") if p in quant), spec.precision) if quant != "none" else "fp32",
-           "quantization": quant, "primary": spec.primary, "seq_buckets": list(buckets), **info}
-    if verify:
-        log(f"verify: {dst.name} greedy decoding + NLL vs PyTorch")
-        rec["metrics"] = {"fidelity": verify_causal_lm(dst, loaded, texts or _default_texts())}
-    return rec
+    tied = head_is_tied(loaded.model)
+    log(f"convert: litert-torch -> {spec.filename} ({quant}, prefill {list(buckets)}, KV cache {kv_len}, "
+        f"{'tied' if tied else 'separate'} LM head)")
+    info = export_causal_lm_tflite(hf_dir, dst, quant, buckets, kv_len, tied=tied)
+    return {"path": dst.name, "format": "tflite", "runtime": spec.runtime,
+            "precision": next((p for p in ("int4", "int8") if p in quant), spec.precision) if quant != "none" else "fp32",
+            "quantization": quant, "primary": spec.primary, "seq_buckets": list(buckets), "lm_head_tied": tied, **info}
 
 
 def _default_texts() -> list[str]:

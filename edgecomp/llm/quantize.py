@@ -182,18 +182,53 @@ def _matmulnbits(name, a, out, prefix, k, n, bits, block, has_zp, accuracy_level
                             block_size=block, accuracy_level=accuracy_level)
 
 
+def _indexed_by_input_ids(gr: _Graph, name: str) -> bool:
+    """``name`` is the graph input ``input_ids``, maybe through Cast/Reshape/Unsqueeze/Squeeze."""
+    for _ in range(4):
+        if name == "input_ids":
+            return True
+        n = gr.producer.get(name)
+        if n is None or n.op_type not in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten"):
+            return False
+        name = n.input[0]
+    return False
+
+
 def find_tied_table(gr: _Graph):
-    """(table initializer, embedding Gather node, LM-head MatMul node, transposed?) or None."""
-    for n in gr.g.node:
-        if n.op_type == "Gather" and n.input[0] in gr.inits and len(gr.inits[n.input[0]].dims) == 2:
-            table = n.input[0]
-            for c in gr.consumers.get(table, []):
-                if c.op_type == "Transpose":
-                    mm = [x for x in gr.consumers.get(c.output[0], []) if x.op_type == "MatMul"]
-                    if mm:
-                        return table, n, mm[0], c
-            return table, n, None, None
+    """(token table initializer, embedding Gather node, LM-head MatMul node, its Transpose) or None.
+
+    The token table is the 2-D Gather indexed by ``input_ids`` (GPT-2 also looks up a position table); the
+    head is tied when a MatMul reads the table through a Transpose (optimum's form of a shared weight)."""
+    gathers = [n for n in gr.g.node
+               if n.op_type == "Gather" and n.input[0] in gr.inits and len(gr.inits[n.input[0]].dims) == 2]
+    gathers.sort(key=lambda n: not _indexed_by_input_ids(gr, n.input[1]))
+    for n in gathers[:1]:
+        table = n.input[0]
+        for c in gr.consumers.get(table, []):
+            if c.op_type == "Transpose":
+                mm = [x for x in gr.consumers.get(c.output[0], []) if x.op_type == "MatMul"]
+                if mm:
+                    return table, n, mm[0], c
+        return table, n, None, None
     return None
+
+
+def _as_matmul(gr: _Graph, n):
+    """(input, [K, N] weight array, bias name or None) when node ``n`` is x @ W (+ b) with W an initializer:
+    a MatMul, or a Gemm with alpha = beta = 1 and no transposed input (GPT-2's Conv1D exports as that)."""
+    if len(n.input) < 2 or n.input[1] not in gr.inits:
+        return None
+    if n.op_type == "MatMul":
+        return n.input[0], gr.array(n.input[1]), None
+    if n.op_type != "Gemm":
+        return None
+    attrs = {a.name: a for a in n.attribute}
+    if any(attrs[k].f != 1.0 for k in ("alpha", "beta") if k in attrs) or ("transA" in attrs and attrs["transA"].i):
+        return None
+    w = gr.array(n.input[1])
+    if "transB" in attrs and attrs["transB"].i:
+        w = w.T
+    return n.input[0], w, (n.input[2] if len(n.input) > 2 and n.input[2] else None)
 
 
 def _block_min_correction(gr: _Graph, node, pre: str, minima: np.ndarray, block: int, block_sums: dict) -> list:
@@ -203,10 +238,13 @@ def _block_min_correction(gr: _Graph, node, pre: str, minima: np.ndarray, block:
     x = node.input[0]
     nodes = []
     if x not in block_sums:
-        shape_name = f"block_shape_{block}"
+        rank = 2 if node.op_type == "Gemm" else 3  # a Gemm's input is [M, K]; a MatMul's here [B, S, K]
+        shape_name = f"block_shape_{block}_rank{rank}"
         if shape_name not in gr.inits:
-            gr.add(shape_name, np.array([0, 0, -1, block], np.int64))  # [B, S, K] -> [B, S, nb, block]
-            gr.add("block_sum_axes", np.array([-1], np.int64))
+            # [B, S, K] -> [B, S, nb, block] ([M, K] -> [M, nb, block])
+            gr.add(shape_name, np.array([0] * (rank - 1) + [-1, block], np.int64))
+            if "block_sum_axes" not in gr.inits:
+                gr.add("block_sum_axes", np.array([-1], np.int64))
         xb, xs = x + f"_blocks{block}", x + f"_blocksums{block}"
         nodes += [helper.make_node("Reshape", [x, shape_name], [xb], name=xb),
                   helper.make_node("ReduceSum", [xb, "block_sum_axes"], [xs], name=xs, keepdims=0)]
@@ -305,11 +343,10 @@ def quantize_causal_lm(src: Path, dst: Path, cfg: LlmQuantConfig) -> dict:
 
     if cfg.layers in layer_bits or cfg.ffn_layers in layer_bits:
         for n in list(gr.g.node):
-            if n.op_type != "MatMul" or n is head_node or n.input[1] not in gr.inits:
+            mm = None if n is head_node else _as_matmul(gr, n)
+            if mm is None or mm[1].ndim != 2:
                 continue
-            w = gr.array(n.input[1])
-            if w.ndim != 2:
-                continue
+            x, w, bias = mm
             scheme = cfg.ffn_layers if cfg.ffn_layers and re.search(r"mlp|ffn|feed_forward", n.name) else cfg.layers
             if scheme not in layer_bits:
                 continue
@@ -334,8 +371,14 @@ def quantize_causal_lm(src: Path, dst: Path, cfg: LlmQuantConfig) -> dict:
             gr.add(f"{pre}_scales", scale)
             if zp is not None:
                 gr.add(f"{pre}_zp", zp)
-            out = n.output[0] + "_nbits" if extra else n.output[0]
-            new_nodes[id(n)] = [_matmulnbits(n.name + "_q", n.input[0], out, pre, k, nout, bits,
+            if bias is not None:  # a Gemm's bias: added after the (corrected) product
+                extra = [*extra, helper.make_node("Add", [n.output[0] + "_nobias", bias], [n.output[0]],
+                                                  name=n.name + "_bias")]
+                for node in extra[:-1]:  # the min correction (if any) now ends in the pre-bias name
+                    node.output[:] = [o if o != n.output[0] else n.output[0] + "_nobias" for o in node.output]
+            final = n.output[0] + "_nobias" if bias is not None else n.output[0]
+            out = n.output[0] + "_nbits" if len(extra) > (bias is not None) else final
+            new_nodes[id(n)] = [_matmulnbits(n.name + "_q", x, out, pre, k, nout, bits,
                                              cfg.block_size, zp is not None, cfg.accuracy_level), *extra]
             info["matmuls"] += 1
 

@@ -1,4 +1,4 @@
-"""Llama-family causal LM -> one .tflite with prefill_<len> signatures and a decode signature over a
+"""A causal LM -> one .tflite with prefill_<len> signatures and a decode signature over a
 fixed-size KV cache, through litert-torch's generative API (its own re-authored decoder, loaded from the
 HF folder's safetensors; no TensorFlow). Quantization is litert-torch's recipes: ``dynamic_int8``,
 ``dynamic_int4_block32`` / ``dynamic_int4_block128`` (LiteRT's int4 blockwise), ``weight_only_int8``, ``none``.
@@ -13,31 +13,14 @@ from pathlib import Path
 
 from ..errors import EdgecompError
 from ..lower.tflite import quiet_converter
+from .families import family_of
 
 QUANTIZATIONS = ("none", "dynamic_int8", "weight_only_int8", "dynamic_int4_block32", "dynamic_int4_block128", "fp16")
 
 
-def litert_config_from_hf(hf: dict):
-    """The litert-torch ModelConfig of a Llama-architecture HF config.json."""
-    import litert_torch.generative.layers.model_config as cfg
-
-    if hf.get("model_type") != "llama":
-        raise EdgecompError(f"TFLite export of causal LMs supports Llama models, not {hf.get('model_type')!r}",
-                            "use an ONNX Runtime target for this model")
-    heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
-    attn = cfg.AttentionConfig(num_heads=heads, head_dim=head_dim,
-                               num_query_groups=hf.get("num_key_value_heads", heads),
-                               rotary_base=int(hf.get("rope_theta", 10000)), rotary_percentage=1.0)
-    ff = cfg.FeedForwardConfig(type=cfg.FeedForwardType.GATED, activation=cfg.ActivationConfig(cfg.ActivationType.SILU),
-                               intermediate_size=hf["intermediate_size"])
-    norm = cfg.NormalizationConfig(type=cfg.NormalizationType.RMS_NORM, epsilon=hf.get("rms_norm_eps", 1e-5))
-    block = cfg.TransformerBlockConfig(attn_config=attn, ff_config=ff, pre_attention_norm_config=norm,
-                                       post_attention_norm_config=norm)
-    return cfg.ModelConfig(vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
-                           max_seq_len=hf.get("max_position_embeddings", 2048), embedding_dim=hf["hidden_size"],
-                           block_configs=block, final_norm_config=norm,
-                           lm_head_share_weight_with_embedding=bool(hf.get("tie_word_embeddings", True)))
+def tflite_unsupported(hf: dict, kv_cache_max_len: int) -> str | None:
+    """Why litert-torch cannot re-author the decoder of this config.json (None: it can); see families.py."""
+    return family_of(hf).tflite_unsupported(hf, kv_cache_max_len)
 
 
 def _import_litert_converter():
@@ -71,8 +54,10 @@ def _import_litert_converter():
 
 
 def export_causal_lm_tflite(model_dir: Path, out_path: Path, quantization: str = "dynamic_int4_block32",
-                            prefill_seq_lens: tuple[int, ...] = (32, 128), kv_cache_max_len: int = 1024) -> dict:
-    """Write ``out_path`` (.tflite) from the HF folder ``model_dir`` (its safetensors are the weights)."""
+                            prefill_seq_lens: tuple[int, ...] = (32, 128), kv_cache_max_len: int = 1024,
+                            tied: bool | None = None) -> dict:
+    """Write ``out_path`` (.tflite) from the HF folder ``model_dir`` (its safetensors are the weights).
+    ``tied``: the LM head reads the token table (default: the config's ``tie_word_embeddings``)."""
     if quantization not in QUANTIZATIONS:
         raise EdgecompError(f"unknown LiteRT quantization {quantization!r}", f"use one of {QUANTIZATIONS}")
     converter = _import_litert_converter()  # first: it loads the LoRA helper that model_builder needs too
@@ -80,9 +65,15 @@ def export_causal_lm_tflite(model_dir: Path, out_path: Path, quantization: str =
     from litert_torch.generative.utilities.export_config import ExportConfig
 
     model_dir, out_path = Path(model_dir), Path(out_path)
-    config = litert_config_from_hf(json.loads((model_dir / "config.json").read_text()))
+    hf = json.loads((model_dir / "config.json").read_text())
+    reason = tflite_unsupported(hf, kv_cache_max_len)
+    if reason:
+        raise EdgecompError(f"no .tflite for this model: {reason}", "use the .onnx / .ort artifacts of this export")
+    family = family_of(hf)
+    tied = bool(hf.get("tie_word_embeddings", True)) if tied is None else tied  # transformers' own default
+    config = family.litert_config(hf, tied)
     model = model_builder.build_decoder_only_model(checkpoint_path=str(model_dir), config=config,
-                                                   tensor_names=model_builder.TENSOR_NAMES,
+                                                   tensor_names=family.tensor_names(tied),
                                                    model_class=model_builder.DecoderOnlyModel)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp, quiet_converter():
         produced = converter.convert_to_tflite(model, output_path=tmp, output_name_prefix="model",

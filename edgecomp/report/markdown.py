@@ -60,6 +60,7 @@ def render(manifest: dict) -> str:
             lines.append(f"| {c} | " + " | ".join(_mb(v.get(c)) + " MB" for v in sb.values()) + " |")
         if Path(manifest.get("_dir", "."), "size_breakdown.png").exists():
             lines += ["", "![size breakdown](size_breakdown.png)"]
+    lines += _generation_section(manifest)
     if any(a.get("arm64") for a in manifest["artifacts"]):
         lines += _arm64_section(manifest)
     lines += _mobile_section(manifest)
@@ -67,6 +68,25 @@ def render(manifest: dict) -> str:
         if manifest.get(key):
             lines += ["", f"## {key.replace('_', ' ').title()}", "", "```json", _json(manifest[key]), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _generation_section(manifest: dict) -> list[str]:
+    """Causal LMs: greedy tokens and perplexity vs PyTorch, decode speed (the table above has no cosine for them)."""
+    rows = [a for a in manifest["artifacts"] if "nll_ratio" in a.get("metrics", {}).get("fidelity", {})]
+    if not rows:
+        return []
+    out = ["", "## Text generation (vs PyTorch fp32)", "",
+           "| file | greedy tokens equal to PyTorch (per prompt, of N) | perplexity | PyTorch perplexity | NLL ratio | "
+           "decode tok/s (1 thr) | decode ms/token (1 thr) |", "|---|---|---|---|---|---|---|"]
+    for a in rows:
+        f, lat = a["metrics"]["fidelity"], a["metrics"].get("latency_ms") or {}
+        out.append(f"| `{a['path']}` | {f['greedy_match']} of {f['max_new_tokens']} | {f['ppl']:.3f} | {f['ppl_torch']:.3f} | "
+                   f"{f['nll_ratio']:.5f} | {_fmt(lat.get('tokens_per_s'), 1)} | {_fmt(lat.get('p50'), 2)} |")
+    lat0 = next((a["metrics"].get("latency_ms") for a in rows if a["metrics"].get("latency_ms")), None)
+    if lat0:
+        out += ["", f"Latency here is one decode step (one token through the KV cache) after a {lat0['seq_len']}-token "
+                    "prompt; peak RSS is a fresh process that loads the artifact, prefills and decodes 8 tokens."]
+    return out
 
 
 def _arm64_section(manifest: dict) -> list[str]:

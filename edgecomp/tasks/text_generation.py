@@ -42,6 +42,13 @@ class TextGeneration:
         return {"max_abs_diff": [float(d[m].max()) for d, m in zip(diff, mask)],
                 "top1_agreement": [float(s[m].mean()) for s, m in zip(same, mask)]}
 
+    # `edgecomp bench` on a causal LM: its artifacts take a KV cache, so they are measured through its own
+    # sessions (greedy tokens + NLL vs PyTorch, decode-step latency, fresh-process RSS), not fixed-shape feeds
+    def measure_artifact(self, path, record, loaded, texts, target, bench: bool, log):
+        from ..llm.bench import measure_causal_lm
+
+        return measure_causal_lm(path, loaded, texts, target, bench, log)
+
     # `edgecomp run` on a causal LM
     def generate_records(self, artifact, tokenizer, texts, max_new_tokens: int, threads: int | None = None):
         from ..llm.generate import generate
