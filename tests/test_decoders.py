@@ -12,6 +12,7 @@ shared by the assertions. The default set (every family on cpu-x86, android for 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,8 @@ def test_run_perplexity_matches_pytorch(exports, workdir, target, family):
     for a in _manifest(out)["artifacts"]:
         for text, r in zip(TEXTS, _run(out, a["path"], workdir, "--perplexity")):
             ids = _prompt_ids(out, text)
-            assert r["tokens"] == len(ids) - 1
+            assert r["tokens_scored"] == len(ids) - 1
+            assert r["perplexity"] == pytest.approx(math.exp(r["nll"] / r["tokens_scored"]), rel=1e-3)
             assert r["nll"] == pytest.approx(torch_nll(model, ids), rel=1e-4 if _is_fp32(a) else 2e-2), a["path"]
 
 
