@@ -44,8 +44,9 @@ TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "sp
                    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
 
 
-def check_runtimes(target: TargetSpec) -> None:
-    for rt in sorted(target.runtimes()):
+def check_runtimes(target: TargetSpec, artifacts=None) -> None:
+    """Every runtime the artifacts to build need is installed (default: all the target's)."""
+    for rt in sorted({a.runtime for a in (target.artifacts if artifacts is None else artifacts)}):
         mods, fix = RUNTIME_REQUIREMENTS.get(rt, ([], ""))
         missing = [m for m in mods if importlib.util.find_spec(m) is None]
         if missing:
@@ -213,7 +214,8 @@ def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: Loaded
         log(f"bench: {path.name} latency (threads {list(b.threads)}) and peak RSS")
         metrics["latency_ms"] = latency_block(path, feeds, b.threads, b.warmup, b.runs)
         metrics["peak_rss_mb"] = peak_rss_mb(path, feeds, threads=1)
-    run_checks(target.checks, path, record, feeds, target.emulated_cpu or "cortex-a76", log)
+    run_checks(target.checks, path, record, feeds, target.emulated_cpu or "cortex-a76", log,
+               reference=ref.task.torch_forward(loaded.model, feeds) if target.checks else None)
     return metrics
 
 
@@ -300,13 +302,18 @@ def require_tolerance(rec: dict, target: TargetSpec, recipe) -> None:
 
 def export(model: str, target_name: str, out_dir: Path, options: ExportOptions | None = None, force: bool = False,
            log: Callable[[str], None] = lambda s: None) -> dict:
+    """The build engine: what every export does, around the plan that builds its artifacts (edgecomp.plans)."""
+    from .plans import Job, plan_for
+
     options = options or ExportOptions()
     t_start = time.time()
     spec = resolve_model(model)
     target = load_target(target_name)
     recipe = spec.recipe(options.recipe)
-    check_runtimes(target)
     task = TASKS.get(spec.task)
+    plan = plan_for(task, options)
+    artifacts, skipped = recipe_artifacts(target, recipe)
+    check_runtimes(target, artifacts)  # after the recipe chose the formats: a skipped one needs no runtime
     texts = options.texts or default_texts()
     check_output(out_dir, force, spec.local_paths())  # before any work: a refusal costs nothing
     source = model_dir(spec)
@@ -320,49 +327,16 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         loaded = load_model(spec)
         n_params = loaded.n_params
         ref_breakdown = torch_size_breakdown(loaded.model)
-        generic = not options.early_exit and spec.task != "text-generation"
-        if generic:  # before compression: every artifact is compared with the original fp32 model
-            max_length = export_max_length(target, loaded, options.max_length)
-            log(f"reference: PyTorch fp32 outputs on {len(texts)} texts")
-            ref = ReferenceSet(loaded, task, texts, max_length=min(max_length, VERIFY_MAX_LENGTH))
+        job = Job(loaded, task, target, recipe, options, texts, build, work, log, artifacts=artifacts)
+        job.skip(skipped)
+        plan.prepare(job)  # before compression: every artifact is compared with the original fp32 model
         compression = None
         if recipe.steps:
             from .compress import Calibration, compress_model
 
             log(f"compress: recipe {recipe.name!r} ({len(recipe.steps)} steps)")
             compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts))
-        extra_blocks = {}
-        if options.early_exit:
-            # Stages + exit heads: its own producer chain (edgecomp.early_exit), verified stage by stage.
-            from .early_exit import export_early_exit
-
-            result = export_early_exit(loaded, target, build, max_accuracy_drop=options.max_accuracy_drop,
-                                       data=options.exit_data, heads=options.exit_heads, log=log)
-            records, extra_blocks["early_exit"] = result["artifacts"], result["early_exit"]
-        elif spec.task == "text-generation":
-            # KV-cache graphs, greedy-decoding + NLL verification (edgecomp.llm).
-            from .llm.export import causal_lm_artifacts, export_causal_lm
-
-            arts, skipped = recipe_artifacts(target, recipe)
-            arts, cannot = causal_lm_artifacts(loaded, arts)  # decided from the config, before any lowering
-            for sk in skipped + cannot:
-                log(f"skip: {sk['path']} ({sk['reason']})")
-            if skipped or cannot:
-                extra_blocks["skipped_artifacts"] = skipped + cannot
-            records = export_causal_lm(loaded, target, build, work_dir=work, recipe_options=recipe.options,
-                                       texts=options.texts, bench=options.bench, artifacts=arts, log=log)
-            for rec in records:
-                require_tolerance(rec, target, recipe)
-        else:
-            ctx = BuildContext(loaded, task, target, options, build, work, log,
-                               max_length=max_length,
-                               keep_factorized=bool(recipe.options.get("keep_factorized", False)))
-            arts, skipped = recipe_artifacts(target, recipe)
-            if skipped:
-                log(f"skip: {', '.join(a['path'] for a in skipped)} (recipe {recipe.name!r}: {skipped[0]['reason']})")
-                extra_blocks["skipped_artifacts"] = skipped
-            arts = [recipe_precision(art, recipe) for art in arts]  # every refusal before the first artifact
-            records = [produce_and_verify(ctx, art, ref, recipe) for art in arts]
+        records = plan.build(job)
 
         shutil.rmtree(work, ignore_errors=True)
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT
@@ -380,11 +354,10 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             "edgecomp_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {**spec.to_json(), "params": n_params, "pooling": spec.pooling, "normalize": spec.normalize,
-                      # classifiers: `edgecomp run` names labels from this, not LABEL_i
-                      **({"id2label": {str(k): v for k, v in loaded.model.config.id2label.items()}}
-                         if spec.task == "text-classification" else {})},
+                      **task.manifest_fields(loaded)},
             "target": target.to_json(),
             "recipe": recipe.to_json(),
+            "plan": plan.name,
             "reference": {"format": "pytorch", "precision": "fp32", "size_bytes": ref_breakdown["total"]},
             "artifacts": _order_records(records),
             "size_breakdown": breakdown,
@@ -393,7 +366,9 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         }
         if compression:
             manifest["compression"] = compression
-        manifest.update(extra_blocks)
+        if job.skipped:
+            manifest["skipped_artifacts"] = job.skipped
+        manifest.update(job.blocks)
         from .report import write_report
 
         write_report(manifest, build)

@@ -69,6 +69,7 @@ def arm64_block(
     signature: str | None = None,
     runs: int = 2,
     timeout_s: float = 3600,
+    reference_outputs: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """The manifest's ``arm64`` block for one artifact (.onnx/.ort on onnxruntime, .tflite on LiteRT+XNNPACK).
 
@@ -77,6 +78,7 @@ def arm64_block(
     ``signature`` or let the guest pick the one whose input shapes equal the feeds' shapes.
     ``x86_outputs`` are the x86 outputs on the same feeds; outputs are paired by name, else by equal shape,
     and a guest output longer than its x86 counterpart (bucket padding) is cropped to the x86 shape.
+    ``reference_outputs`` (PyTorch fp32 on the same feeds, optional) add each side's worst cosine against it.
     """
     if cpu not in EMULATED_CPUS:
         raise EdgecompError(f"emulated cpu {cpu!r} is not supported (the rootfs describes a Cortex-A76 to the runtimes)",
@@ -122,11 +124,17 @@ def arm64_block(
         counts = _read_counts(tmp / "counts.txt")
 
     max_abs_diff, cos_min = _compare(arm_outputs, x86_outputs, artifact.name)
+    vs_reference = {}
+    if reference_outputs is not None:  # both sides against the same fp32 outputs: which one is off
+        vs_reference = {"cos_min_vs_reference": {
+            "arm64": round(_compare(arm_outputs, reference_outputs, artifact.name)[1], 6),
+            "x86": round(_compare(x86_outputs, reference_outputs, artifact.name)[1], 6)}}
     per_run = [counts[i + 1] - counts[i] for i in range(runs)]
     peak_stage = max(rss, key=lambda s: rss[s][0])
     return {
         "max_abs_diff": max_abs_diff,
         "cos_min_vs_x86": round(cos_min, 6),
+        **vs_reference,
         "instructions_per_inference": int(statistics.median(per_run)),
         "instructions_per_run": per_run,
         "instructions_load": counts[LABEL_LOADED] - counts[LABEL_START],

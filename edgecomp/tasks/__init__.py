@@ -15,6 +15,10 @@ class Task(Protocol):
     name: str
     optimum_task: str  # the task name optimum's exporter uses
     output_names: list[str]
+    plan: str  # the export plan that builds its artifacts (edgecomp.plans)
+
+    def manifest_fields(self, loaded) -> dict:
+        """Task-specific fields of the manifest's ``model`` block."""
 
     def auto_class(self): ...
 

@@ -28,6 +28,10 @@ class FeatureExtraction:
     name = "feature-extraction"
     optimum_task = "feature-extraction"
     output_names = ["last_hidden_state"]
+    plan = "encoder"  # edgecomp.plans
+
+    def manifest_fields(self, loaded) -> dict:
+        return {}
 
     def auto_class(self):
         from transformers import AutoModel

@@ -27,6 +27,11 @@ class TextClassification:
     name = "text-classification"
     optimum_task = "text-classification"
     output_names = ["logits"]
+    plan = "encoder"  # edgecomp.plans
+
+    def manifest_fields(self, loaded) -> dict:
+        """`edgecomp run` names labels from this, not LABEL_i."""
+        return {"id2label": {str(k): v for k, v in loaded.model.config.id2label.items()}}
 
     def auto_class(self):
         from transformers import AutoModelForSequenceClassification

@@ -16,6 +16,10 @@ class TextGeneration:
     name = "text-generation"
     optimum_task = "text-generation-with-past"
     output_names = ["logits"]
+    plan = "causal-lm"  # edgecomp.plans
+
+    def manifest_fields(self, loaded) -> dict:
+        return {}
 
     def auto_class(self):
         from transformers import AutoModelForCausalLM
