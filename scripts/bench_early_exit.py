@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edgecomp.early_exit.calibrate import choose_tau, depth_table, evaluate_tau
+from edgecomp.early_exit.data import read_labelled_tsv, sentences
+from edgecomp.paths import cache_dir, shared_data_dir
 
-from edgecomp.early_exit.calibrate import choose_tau, depth_table, evaluate_tau  # noqa: E402
-from edgecomp.early_exit.data import read_labelled_tsv, sentences  # noqa: E402
-from edgecomp.paths import cache_dir, shared_data_dir  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # results/ of the checkout
 
 BENCH_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
@@ -80,23 +79,6 @@ def export_single(module, io, work: Path, name: str, scheme: str, opset: int, H:
     return out
 
 
-class FullWrapper:
-    """The plain classifier with the stage-0 input order, for the same exporter path."""
-
-    def __new__(cls, model, input_names):
-        import torch
-
-        class W(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.m = model
-
-            def forward(self, *args):
-                return self.m(**dict(zip(input_names, args))).logits
-
-        return W().eval()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minilm-sst2")
@@ -118,6 +100,7 @@ def main() -> None:
     from edgecomp.early_exit.export import EarlyExitConfig, export_early_exit, trained_heads
     from edgecomp.early_exit.runtime import EarlyExitRunner
     from edgecomp.early_exit.stages import DepthModel, StageIO, build_stages
+    from edgecomp.lower.wrap import PositionalModel
     from edgecomp.models import load_model, resolve_model
     from edgecomp.runtime import open_artifact
     from edgecomp.targets import load_target
@@ -158,7 +141,9 @@ def main() -> None:
     stages = build_stages(model, heads)
     in_names = stages[0].io.inputs
     full_io = StageIO(0, in_names, ("logits",))
-    graphs = {"full": export_single(FullWrapper(model, in_names), full_io, build / "bench", "full", scheme, target.opset, H, C)}
+    # the plain classifier with the stage-0 input order, for the same exporter path
+    full = PositionalModel(model, in_names, ["logits"]).eval()
+    graphs = {"full": export_single(full, full_io, build / "bench", "full", scheme, target.opset, H, C)}
     for k in range(1, L):
         graphs[f"depth{k}"] = export_single(DepthModel(stages, k).eval(), full_io, build / "bench", f"depth{k}", scheme,
                                             target.opset, H, C)

@@ -18,36 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from edgecomp.bench.memory import peak_rss_mb
+from edgecomp.studies.wikitext import wikitext_valid, wikitext_windows
+
+ROOT = Path(__file__).resolve().parents[1]  # results/ of the checkout
 
 PROMPT = ("The history of the city begins in the Roman period, when a small settlement grew around the river "
           "crossing. Over the following centuries it became")
-
-
-def detokenize_wikitext(text: str) -> str:
-    """Undo WikiText's word-level tokenization (README of the data folder)."""
-    text = text.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
-    text = re.sub(r" ([.,;:!?)\]'])", r"\1", text)
-    text = re.sub(r"([(\[]) ", r"\1", text)
-    text = text.replace(" n't", "n't").replace(" 's", "'s")
-    return text
-
-
-def wikitext_windows(tokenizer, path: Path, window: int, max_tokens: int) -> list[list[int]]:
-    text = detokenize_wikitext(path.read_text(encoding="utf-8"))
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    n = min(len(ids), max_tokens) // window
-    return [ids[i * window:(i + 1) * window] for i in range(n)]
 
 
 # --- variants: each knows how to score NLL, prefill and decode -------------------------------------------
@@ -178,43 +162,19 @@ class LlamaCppVariant:
 
 
 # --- fresh-process peak RSS -------------------------------------------------------------------------------
-def child_rss(kind: str, path: str) -> None:
-    ids = list(range(1000, 1128))
-    if kind == "torch":
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(1)
-        m = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
-        from edgecomp.llm.generate import torch_greedy
-
-        torch_greedy(m, ids, 9)
-    elif kind == "llama.cpp":
-        from llama_cpp import Llama
-
-        llm = Llama(model_path=path, n_ctx=256, n_threads=1, logits_all=True, verbose=False)
-        llm.eval(ids)
-        for _ in range(8):
-            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-    else:
-        from edgecomp.llm.generate import open_causal_lm
-
-        open_causal_lm(path, 1).greedy(ids, 9)
-    # VmHWM, not getrusage: ru_maxrss survives exec, so a child of a 3 GB parent would report 3 GB.
-    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
-    print(json.dumps({"peak_rss_mib": int(hwm.split()[1]) / 1024}))
+RSS_PROMPT = {"input_ids": np.arange(1000, 1128, dtype=np.int64)[None]}  # 128 tokens; the probe adds 8 decode steps
 
 
 def peak_rss(kind: str, path, repeats: int = 3) -> float | None:
-    """Median peak RSS of ``repeats`` fresh processes (one process varied by up to ~20 MiB)."""
+    """Median peak RSS (MiB) of ``repeats`` fresh processes (one process varied by up to ~20 MiB); ``kind`` is
+    an edgecomp.bench.probe kind (causal-lm, torch-causal-lm, llama.cpp)."""
     got = []
     for _ in range(repeats):
-        r = subprocess.run([sys.executable, __file__, "--child-rss", kind, str(path)], capture_output=True, text=True)
-        line = next((ln for ln in r.stdout.splitlines()[::-1] if ln.startswith("{")), None)
-        if line is None:
-            print(f"  RSS child failed for {path}: {r.stderr[-400:]}", file=sys.stderr)
+        try:
+            got.append(peak_rss_mb(Path(path), RSS_PROMPT, threads=1, kind=kind))
+        except Exception as e:  # one variant's probe must not end the benchmark
+            print(f"  RSS probe failed for {path}: {e}", file=sys.stderr)
             return None
-        got.append(json.loads(line)["peak_rss_mib"])
     return round(statistics.median(got), 1)
 
 
@@ -287,13 +247,11 @@ def frontier(args, loaded, work: Path, log) -> None:
     from edgecomp.llm.generate import CausalLMSession, nll_of_ids, torch_nll
     from edgecomp.llm.quantize import LlmQuantConfig, quantize_causal_lm
     from edgecomp.llm.sizes import onnx_llm_size_breakdown
-    from edgecomp.paths import shared_data_dir
 
     slim = work / "fp32-slim.onnx"
     if not slim.exists():
         build_variants(loaded, work, log)
-    windows = wikitext_windows(loaded.tokenizer, shared_data_dir() / "wikitext-2" / "wiki.valid.tokens",
-                               args.window, args.max_tokens)
+    windows = wikitext_windows(loaded.tokenizer, wikitext_valid(), args.window, args.max_tokens)
     scored = sum(len(w) - 1 for w in windows)
     ref = float(np.exp(sum(torch_nll(loaded.model, w) for w in windows) / scored))
     rows = [{"variant": "PyTorch fp32", "size_bytes": sum(p.stat().st_size for p in loaded.directory.glob("*.safetensors")),
@@ -333,10 +291,7 @@ def main():
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
                     help="also measure this artifact (.onnx/.ort/.tflite with a KV cache)")
     ap.add_argument("--frontier", action="store_true", help="only the size-perplexity frontier (no latency)")
-    ap.add_argument("--child-rss", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child_rss:
-        return child_rss(*args.child_rss)
 
     import torch
 
@@ -345,7 +300,7 @@ def main():
     import edgecomp.tasks.text_generation  # noqa: F401  (until tasks/__init__ imports it)
     from edgecomp.llm.gguf_source import gguf_origin
     from edgecomp.models import load_model, resolve_model
-    from edgecomp.paths import cache_dir, shared_data_dir
+    from edgecomp.paths import cache_dir
     from edgecomp.llm.sizes import onnx_llm_size_breakdown
 
     def log(s):
@@ -371,7 +326,7 @@ def main():
         keys = [k.strip().lower() for k in args.only.split(",")]
         variants = [v for v in variants if v.kind == "reference" or any(k in v.name.lower() for k in keys)]
 
-    windows = wikitext_windows(tok, shared_data_dir() / "wikitext-2" / "wiki.valid.tokens", args.window, args.max_tokens)
+    windows = wikitext_windows(tok, wikitext_valid(), args.window, args.max_tokens)
     scored = sum(len(w) - 1 for w in windows)
     log(f"WikiText-2 valid: {len(windows)} windows x {args.window} tokens, {scored} tokens scored")
     prompt = tok(PROMPT, add_special_tokens=False)["input_ids"]
@@ -412,8 +367,8 @@ def main():
         v.close()
     log("peak RSS (fresh processes)")
     for v, row in zip(variants, rows):
-        kind = "torch" if isinstance(v, TorchVariant) else "llama.cpp" if isinstance(v, LlamaCppVariant) else "ort"
-        row["peak_rss_mib"] = peak_rss(kind, v.dir if kind == "torch" else v.path)
+        kind = "torch-causal-lm" if isinstance(v, TorchVariant) else "llama.cpp" if isinstance(v, LlamaCppVariant) else "causal-lm"
+        row["peak_rss_mib"] = peak_rss(kind, v.dir if isinstance(v, TorchVariant) else v.path)
 
     import onnxruntime
 

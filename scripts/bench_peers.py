@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,89 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from edgecomp.quiet import quiet_third_party  # noqa: E402
+from edgecomp.quiet import quiet_third_party
 
 quiet_third_party()
 
 from edgecomp.bench.memory import peak_rss_mb  # noqa: E402
 from edgecomp.models import load_model, model_dir, resolve_model  # noqa: E402
-from edgecomp.runtime import open_artifact  # noqa: E402
+from edgecomp.studies.peers import FixedTFLite, build_peers, open_any  # noqa: E402
 from edgecomp.tasks.feature_extraction import pool  # noqa: E402
 from edgecomp.texts import default_texts, tokenize  # noqa: E402
 
-
-class FixedTFLite:
-    """A single-signature [1, N] .tflite (the plain litert-torch output): pad every input to N."""
-
-    def __init__(self, path: Path, threads: int):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.path = path
-        self.interp = Interpreter(model_path=str(path), num_threads=threads)
-        sig = self.interp.get_signature_list()
-        self.key = next(iter(sig))
-        self.runner = self.interp.get_signature_runner(self.key)
-        details = self.runner.get_input_details()
-        self.order = sorted(details)  # args_0, args_1, args_2 = input_ids, attention_mask, token_type_ids
-        self.n = int(details[self.order[0]]["shape"][1])
-        self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
-
-    def run(self, feeds):
-        outs = []
-        for i in range(feeds["input_ids"].shape[0]):
-            row = []
-            for name in self.input_names:
-                x = np.zeros((1, self.n), dtype=np.int32)
-                v = feeds[name][i : i + 1]
-                x[:, : v.shape[1]] = v
-                row.append(x)
-            res = self.runner(**dict(zip(self.order, row)))
-            outs.append(next(iter(res.values()))[:, : feeds["input_ids"].shape[1]])
-        return {"last_hidden_state": np.concatenate(outs)}
-
-
-def open_any(path: Path, threads: int):
-    if path.suffix == ".tflite" and "peer" in path.parent.name:
-        return FixedTFLite(path, threads)
-    return open_artifact(path, threads=threads)
-
-
-def build_peers(src_dir: Path, work: Path, log) -> dict[str, Path]:
-    peers = {}
-    opt = work / "optimum-fp32"
-    if not (opt / "model.onnx").exists():
-        log("peer: optimum-cli export onnx")
-        subprocess.run(["optimum-cli", "export", "onnx", "--model", str(src_dir), "--task", "feature-extraction",
-                        str(opt)], check=True, capture_output=True)
-    peers["optimum onnx fp32"] = opt / "model.onnx"
-    q = work / "optimum-int8"
-    if not (q / "model_quantized.onnx").exists():
-        log("peer: optimum-cli onnxruntime quantize --avx512 --per_channel")
-        subprocess.run(["optimum-cli", "onnxruntime", "quantize", "--onnx_model", str(opt), "--avx512", "--per_channel",
-                        "-o", str(q)], check=True, capture_output=True)
-    peers["optimum + ORT int8 per-channel"] = q / "model_quantized.onnx"
-    lt = work / "litert-peer" / "model.tflite"
-    if not lt.exists():
-        log("peer: litert-torch [1,128] with its dynamic int8 recipe")
-        lt.parent.mkdir(parents=True, exist_ok=True)
-        code = f"""
-import torch, litert_torch
-from litert_torch.generative.quantize import quant_recipes, quant_attrs
-from transformers import AutoModel
-m = AutoModel.from_pretrained({str(src_dir)!r}).eval()
-class W(torch.nn.Module):
-    def __init__(s, m): super().__init__(); s.m = m
-    def forward(s, a, b, c): return s.m(input_ids=a, attention_mask=b, token_type_ids=c).last_hidden_state
-z = torch.zeros(1, 128, dtype=torch.long)
-qc = quant_recipes.full_dynamic_recipe(weight_dtype=quant_attrs.Dtype.INT8, granularity=quant_attrs.Granularity.CHANNELWISE)
-litert_torch.convert(W(m).eval(), (z + 101, z + 1, z), quant_config=qc).export({str(lt)!r})
-"""
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    peers["litert-torch int8 dynamic"] = lt
-    return peers
+ROOT = Path(__file__).resolve().parent.parent  # out/ and results/ of the checkout
 
 
 def main() -> None:
@@ -182,10 +109,8 @@ def main() -> None:
     rss = {n: [] for n in candidates}
     for _ in range(3):
         for n, p in candidates.items():
-            if isinstance(open_any(p, 1), FixedTFLite):
-                rss[n].append(_peer_tflite_rss(p, bench_feeds))
-            else:
-                rss[n].append(peak_rss_mb(p, bench_feeds, threads=1))
+            kind = "fixed-tflite" if isinstance(open_any(p, 1), FixedTFLite) else "artifact"
+            rss[n].append(peak_rss_mb(p, bench_feeds, threads=1, kind=kind))
     for n, v in rss.items():
         rows[n]["peak_rss_mb"] = round(float(np.median(v)), 1)
 
@@ -205,21 +130,6 @@ def main() -> None:
     (args.out / f"{args.model}.json").write_text(json.dumps({"model": args.model, "rows": rows}, indent=2) + "\n")
     (args.out / f"{args.model}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-
-
-def _peer_tflite_rss(path: Path, feeds) -> float:
-    code = f"""
-import numpy as np, json
-from ai_edge_litert.interpreter import Interpreter
-it = Interpreter(model_path={str(path)!r}, num_threads=1)
-r = it.get_signature_runner(next(iter(it.get_signature_list())))
-keys = sorted(r.get_input_details())
-r(**{{k: np.ones((1, 128), np.int32) for k in keys}})
-for line in open('/proc/self/status'):
-    if line.startswith('VmHWM:'): print(json.dumps({{'peak_rss_mb': round(int(line.split()[1]) / 1024, 1)}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
 if __name__ == "__main__":

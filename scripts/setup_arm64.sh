@@ -2,7 +2,7 @@
 # Build the aarch64 environment that `edgecomp bench --target arm64` (and android) runs artifacts in:
 #   ENV/rootfs         Debian 12 (bookworm) arm64 userland with python3.11, unpacked with dpkg -x
 #   ENV/rootfs/opt/edgecomp/site   aarch64 wheels: numpy, onnxruntime, ai-edge-litert (pip --target)
-#   ENV/insn_count.so  the TCG instruction-count plugin (scripts/arm64/insn_count.c)
+#   ENV/insn_count.so  the TCG instruction-count plugin (edgecomp/bench/insn_count.c, shipped in the package)
 #   ENV/COMPLETE       written last; edgecomp.bench.arm64.env_present() checks it
 # ENV defaults to ${EDGECOMP_CACHE:-$HOME/.cache/edgecomp}/arm64 (outside the repo; about 430 MB).
 #
@@ -30,6 +30,8 @@ ENV_DIR=${EDGECOMP_ARM64_ENV:-${EDGECOMP_CACHE:-$HOME/.cache/edgecomp}/arm64}
 ROOT=$ENV_DIR/rootfs
 SITE=$ROOT/opt/edgecomp/site
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The plugin source ships in the package beside the guest runner that marks for it (they share MARK_MAGIC).
+PLUGIN_SRC=$HERE/../edgecomp/bench/insn_count.c
 START=$(date +%s)
 
 step() { echo "[setup_arm64 +$(( $(date +%s) - START ))s] $*"; }
@@ -43,10 +45,10 @@ if [ "${1:-}" = "--force" ]; then
     rm -rf "$ENV_DIR"
 fi
 # The plugin is rebuilt whenever its source changes, even in a finished environment (it takes 1 s).
-PLUGIN_SHA=$(sha256sum "$HERE/arm64/insn_count.c" | cut -d' ' -f1)
+PLUGIN_SHA=$(sha256sum "$PLUGIN_SRC" | cut -d' ' -f1)
 build_plugin() {
-    step "gcc scripts/arm64/insn_count.c -> $ENV_DIR/insn_count.so"
-    gcc -O2 -Wall -shared -fPIC -fvisibility=hidden -o "$ENV_DIR/insn_count.so.tmp" "$HERE/arm64/insn_count.c" \
+    step "gcc edgecomp/bench/insn_count.c -> $ENV_DIR/insn_count.so"
+    gcc -O2 -Wall -shared -fPIC -fvisibility=hidden -o "$ENV_DIR/insn_count.so.tmp" "$PLUGIN_SRC" \
         || die "building the qemu plugin failed"
     mv "$ENV_DIR/insn_count.so.tmp" "$ENV_DIR/insn_count.so"
     echo "$PLUGIN_SHA" > "$ENV_DIR/insn_count.sha256"

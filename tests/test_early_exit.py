@@ -245,8 +245,19 @@ def test_tau_choice_keeps_the_whole_tail_within_budget():
     full = evaluate_tau(probs, labels, 1.0)["accuracy"]
     assert all(100 * (full - r["accuracy"]) <= 1.0 + 1e-9 for r in rows if r["tau"] >= tau)
     assert (exit_index(probs, 0.0) == 0).all() and (exit_index(probs, 1.0) == L - 1).all()
-    table = depth_table(probs, labels)
-    assert choose_depth(table, 100.0) == 1 and choose_depth(table, 0.0) <= L
+    assert [r["depth"] for r in depth_table(probs, labels)] == list(range(1, L + 1))
+
+
+def test_static_depth_is_the_shallowest_within_budget():
+    from edgecomp.early_exit.calibrate import choose_depth
+
+    table = [{"depth": 1, "accuracy": 0.80}, {"depth": 2, "accuracy": 0.905}, {"depth": 3, "accuracy": 0.91},
+             {"depth": 4, "accuracy": 0.91}]
+    assert choose_depth(table, 100.0) == 1
+    assert choose_depth(table, 0.6) == 2  # 0.5 points below the full model
+    assert choose_depth(table, 0.4) == 3  # depth 3 equals the full model: no need for all 4 layers
+    rising = [{"depth": k + 1, "accuracy": 0.7 + 0.05 * k} for k in range(4)]
+    assert choose_depth(rising, 1.0) == 4  # every shallower depth is 5+ points below: keep them all
 
 
 def test_missing_training_text_is_a_clear_error(tmp_path, monkeypatch):

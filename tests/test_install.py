@@ -49,7 +49,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict, Path]:
     return venv, env, wheel
 
 
-def test_wheel_contains_targets_models_recipes(installed):
+def test_wheel_contains_targets_models_recipes_and_arm64_files(installed):
     _, _, wheel = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     for kind in ("targets", "models", "recipes"):
@@ -57,6 +57,8 @@ def test_wheel_contains_targets_models_recipes(installed):
         assert files, kind
         for f in files:
             assert f"edgecomp/data/{kind}/{f.name}" in names, f
+    # the aarch64 guest runner runs by its installed path; the qemu plugin's source is what setup_arm64.sh builds
+    assert {"edgecomp/bench/arm64_guest.py", "edgecomp/bench/insn_count.c"} <= names
 
 
 def test_installed_cli_lists_its_data_from_an_empty_folder(installed, tmp_path):

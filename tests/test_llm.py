@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
+import onnx
+import torch
 
-from edgecomp.llm.export import export_causal_lm_onnx  # noqa: E402
-from edgecomp.llm.generate import CausalLMSession, nll_of_ids, perplexity, torch_greedy, torch_nll  # noqa: E402
-from edgecomp.llm.quantize import (  # noqa: E402
+from edgecomp.llm.export import export_causal_lm_onnx
+from edgecomp.llm.generate import CausalLMSession, nll_of_ids, perplexity, torch_greedy, torch_nll
+from edgecomp.llm.quantize import (
     LlmQuantConfig,
     dequantize,
     quantize_causal_lm,
@@ -230,8 +230,6 @@ def test_quantized_graph_computes_its_dequantized_weights(fp32_export, tmp_path,
 def test_tflite_kv_cache_matches_pytorch(tmp_path):
     """litert-torch's prefill/decode signatures driven by LiteRTCausalLM: greedy tokens equal PyTorch's, and a
     70-token line prefilled in chunks (buckets 8 and 32) gives PyTorch's NLL. ~20 s (conversion)."""
-    pytest.importorskip("litert_torch")
-    pytest.importorskip("ai_edge_litert")
     from edgecomp.llm.generate import open_causal_lm
     from edgecomp.llm.tflite import export_causal_lm_tflite
 

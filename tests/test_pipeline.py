@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -252,10 +252,22 @@ def test_cli_lists_targets_and_models():
     assert res.exit_code == 0 and "all-minilm-l6-v2" in res.output
 
 
-def test_console_script_installed():
-    """`edgecomp` is on PATH as the README says (pip install -e .)."""
-    out = subprocess.run([sys.executable, "-m", "edgecomp.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "export" in out.stdout
+def test_console_script_runs_an_export(tiny_export, tiny_bert_dir, unseen_texts, tmp_path):
+    """The installed `edgecomp` entry point (pip install -e .; not `python -m`) is on PATH, prints its
+    commands, and runs one: `edgecomp run` on an export gives PyTorch's embeddings."""
+    exe = shutil.which("edgecomp")
+    assert exe, "no `edgecomp` on PATH: pip install -e ."
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert all(c in out.stdout for c in ("export", "run", "bench", "report"))
+    src, dst = tmp_path / "in.txt", tmp_path / "emb.jsonl"
+    src.write_text("\n".join(unseen_texts[:4]) + "\n")
+    out = subprocess.run([exe, "run", str(tiny_export / "model-fp32.onnx"), "--input", str(src), "--output", str(dst)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = np.array([json.loads(ln)["embedding"] for ln in dst.read_text().splitlines()])
+    ref = torch_embeddings(tiny_bert_dir, unseen_texts[:4])
+    assert got.shape == ref.shape and (got * ref).sum(-1).min() > 0.9999
 
 
 def test_classifier_export_and_run_names_labels(tmp_path, fast_target):

@@ -8,16 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_litert")
-
-import torch  # noqa: E402
+import torch
 
 from edgecomp.errors import EdgecompError
-from tiny import IO_NAMES, encoder_module, tiny_bert  # noqa: E402
-from edgecomp.lower.tflite import export_tflite  # noqa: E402
-from edgecomp.runtime import open_artifact  # noqa: E402
-from edgecomp.tasks.feature_extraction import cosine_rows, pool  # noqa: E402
+from edgecomp.lower.tflite import export_tflite
+from edgecomp.runtime import open_artifact
+from edgecomp.tasks.feature_extraction import cosine_rows, pool
+from tiny import IO_NAMES, encoder_module, tiny_bert
 
 NAMES = IO_NAMES
 VOCAB = 2000

@@ -6,7 +6,7 @@ or board runs) do run under qemu's user-mode emulation of a real core (Cortex-A7
 
 - parity: the aarch64 kernels' outputs against the x86 run on the same feeds (``max_abs_diff``);
 - ``instructions_per_inference``: aarch64 instructions the guest retires per inference, counted by a TCG
-  plugin (scripts/arm64/insn_count.c). Deterministic and a property of the program, unlike wall time:
+  plugin (edgecomp/bench/insn_count.c, built by setup_arm64.sh). Deterministic and a property of the program, unlike wall time:
   emulation slows kernels by 130x-720x depending on the kernel, which reorders rankings, so emulated
   milliseconds are never reported as device latency;
 - ``guest_peak_rss_mb``: resident memory of the guest's own mappings (see ``guest_rss_kb``).
@@ -33,21 +33,21 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecompError
-from ..paths import PROJECT_DIR
+from .arm64_guest import LABEL_LOADED, LABEL_START
 
 ARM64_ENV = Path(
     os.environ.get("EDGECOMP_ARM64_ENV")
     or Path(os.environ.get("EDGECOMP_CACHE", Path.home() / ".cache" / "edgecomp")) / "arm64"
 )
 SETUP_HINT = "run `bash scripts/setup_arm64.sh` (about 70 s, needs apt and PyPI)"
-GUEST_RUNNER = PROJECT_DIR / "scripts" / "arm64" / "guest_runner.py"
+# Run by path inside the guest, which has no edgecomp: the module stands alone (see its docstring).
+GUEST_RUNNER = Path(__file__).with_name("arm64_guest.py")
 GUEST_SITE = "/opt/edgecomp/site"  # inside the rootfs; where setup_arm64.sh pip-installs the wheels
 # The rootfs carries one fake /proc/cpuinfo (a Cortex-A76, written by setup_arm64.sh) because qemu passes
 # the host's through; the runtimes pick kernels from it, so the emulated core must have those features.
 # Neoverse-N1 is the A76's server twin (same ISA, armv8.2 + dotprod). Measured: with cortex-a72 (no
 # dotprod) int8 ORT died with SIGILL; `max` adds SVE.
 EMULATED_CPUS = ("cortex-a76", "neoverse-n1")
-LABEL_START, LABEL_LOADED = 1_000_001, 1_000_002  # as in guest_runner.py
 
 _MAP_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) \S+ \d+\s*(.*)$")
 
@@ -92,8 +92,6 @@ def arm64_block(
     if not artifact.is_file():
         raise EdgecompError(f"artifact {artifact} does not exist", "export it first with `edgecomp export`")
     root = ARM64_ENV / "rootfs"
-    if not GUEST_RUNNER.is_file():
-        raise EdgecompError(f"{GUEST_RUNNER} is missing", "run from an edgecomp checkout installed with `pip install -e .`")
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgecomp-arm64-") as tmp_name:
@@ -105,7 +103,7 @@ def arm64_block(
         cmd = [
             "qemu-aarch64", "-cpu", cpu, "-L", str(root),
             "-plugin", f"{ARM64_ENV / 'insn_count.so'},out={tmp / 'counts.txt'}",
-            str(root / "usr/bin/python3"), str(GUEST_RUNNER),
+            str(root / "usr/bin/python3"), "-P", str(GUEST_RUNNER),
             "--artifact", str(artifact), "--feeds", str(tmp / "feeds.npz"),
             "--outputs", str(tmp / "outputs.npz"), "--result", str(tmp / "result.json"),
             "--runs", str(runs), "--checkpoints", str(tmp / "maps"),

@@ -30,13 +30,16 @@ def _drop_from_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def peak_rss_mb(path: Path, feeds: dict[str, np.ndarray], threads: int = 1) -> float:
-    _drop_from_page_cache(Path(path))
+def peak_rss_mb(path: Path, feeds: dict[str, np.ndarray], threads: int = 1, kind: str = "artifact") -> float:
+    """Peak RSS in MB of a fresh process that loads ``path`` and runs it on ``feeds`` the way probe ``kind``
+    does (edgecomp.bench.probe: an edgecomp artifact by default; causal LMs, peers' files and PyTorch too)."""
+    if Path(path).is_file():
+        _drop_from_page_cache(Path(path))
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "feeds.npz"
         np.savez(npz, **feeds)
         proc = subprocess.run(
-            [sys.executable, "-m", "edgecomp.bench.probe", str(path), str(npz), str(threads)],
+            [sys.executable, "-m", "edgecomp.bench.probe", "--kind", kind, str(path), str(npz), str(threads)],
             capture_output=True, text=True, timeout=600,
         )
     if proc.returncode != 0:

@@ -1,9 +1,12 @@
 """Run one artifact inside the aarch64 guest (python3.11 under qemu-aarch64) and report what it cost.
 
 Started by edgecomp.bench.arm64 as
-    qemu-aarch64 -cpu cortex-a76 -L ROOT -plugin insn_count.so,out=COUNTS ROOT/usr/bin/python3 guest_runner.py ...
-Only the guest's own numpy, onnxruntime and ai_edge_litert are importable here (not edgecomp), so this
-file stands alone. Feeds come in and outputs go out as .npz files; a small JSON says what ran.
+    qemu-aarch64 -cpu cortex-a76 -L ROOT -plugin insn_count.so,out=COUNTS ROOT/usr/bin/python3 -P .../arm64_guest.py ...
+by its host path (qemu -L falls through to the host for paths the rootfs lacks, so the installed package's
+copy is read as is). Only the guest's own numpy, onnxruntime and ai_edge_litert are importable there (not
+edgecomp), so this module imports nothing from the package; -P keeps its folder off sys.path, so no
+sibling module shadows a library. The host imports it only for the marker labels. Feeds come in and
+outputs go out as .npz files; a small JSON says what ran.
 
 Sequence (each step leaves a marker for the instruction-count plugin, see insn_count.c):
     [.tflite: parse check] -> mark "start" -> load -> mark "loaded" -> [checkpoint loaded] -> first run

@@ -6,7 +6,7 @@
  * retires is a property of the program and its inputs, so it stays true on a real core.
  *
  * How the guest asks: it makes a getpid() syscall whose first argument is MARK_MAGIC and whose second
- * argument is a label (scripts/arm64/guest_runner.py does this through ctypes). getpid ignores its
+ * argument is a label (edgecomp/bench/arm64_guest.py does this through ctypes). getpid ignores its
  * arguments, so the marker has no effect on the guest. At exit the plugin writes one line per marker,
  * "<label> <instructions so far>", and a final "end <total>" to the file named by the `out=` argument.
  * Differences between markers give per-inference counts without counting interpreter start-up or model

@@ -1,0 +1,35 @@
+"""A (compressed) encoder's ONNX artifacts for the studies, built by the passes `edgecomp export` runs.
+
+lower (edgecomp.lower.onnx: optimum's exporter, or torch.onnx for what optimum does not know) ->
+simplify (onnxslim) -> quantize (edgecomp.optimize.quantize, by scheme name), so a study measures the
+graphs a feature-extraction export ships, not a parallel exporter's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..lower.onnx import export_model_onnx
+from ..optimize.quantize import quantize_onnx
+from ..optimize.simplify import simplify_onnx
+from ..tasks import TASKS
+from ..targets import load_target
+
+
+def lower_encoder(model, dst: Path, keep_factorized: bool = False, target: str = "cpu-x86") -> Path:
+    """The simplified fp32 ONNX of ``model``'s last_hidden_state at ``target``'s opset.
+
+    ``keep_factorized``: as the recipe option of that name (no constant folding, so factors stay factors).
+    """
+    dst = Path(dst)
+    raw = dst.with_name(f"{dst.stem}.raw.onnx")
+    export_model_onnx(model, TASKS.get("feature-extraction"), raw, load_target(target).opset)
+    simplify_onnx(raw, dst, keep_factorized=keep_factorized)
+    raw.unlink()
+    return dst
+
+
+def quantized(src: Path, dst: Path, scheme: str, **options) -> Path:
+    """``src`` quantized with a target scheme (``dynamic-per-channel``, ``block-int4`` ...) into ``dst``."""
+    quantize_onnx(Path(src), Path(dst), scheme, **options)
+    return Path(dst)
