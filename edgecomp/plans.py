@@ -50,11 +50,11 @@ class Plan(Protocol):
         """Produce, verify and measure the artifacts; their manifest records."""
 
 
-PLANS: Registry[Plan] = Registry("export plan")
+PLANS: Registry[type] = Registry("export plan")  # name -> Plan class
 
 
 def plan_for(task, options) -> Plan:
-    return PLANS.get("early-exit" if getattr(options, "early_exit", False) else task.plan)
+    return PLANS.get("early-exit" if getattr(options, "early_exit", False) else task.plan)()
 
 
 @PLANS.register("encoder")
