@@ -104,12 +104,7 @@ def save_tiny_encoder(family: str, d: Path, classifier: bool = False) -> Path:
     return d
 
 
-def recipe_model_file(model_dir: Path, path: Path, task: str = "feature-extraction", recipes: str | None = None) -> Path:
-    """A model .toml that points at `model_dir` ([source] kind = "local") with the reference model's recipes
-    (or the given `recipes` TOML text)."""
-    ref = (ROOT / "models" / "all-minilm-l6-v2.toml").read_text()
-    body = recipes if recipes is not None else ref[ref.index("[recipes."):]
-    pooling = 'pooling = "mean"\nnormalize = true\n' if task == "feature-extraction" else ""
-    path.write_text(f'name = "{model_dir.name}"\ntask = "{task}"\n{pooling}\n[source]\nkind = "local"\n'
-                    f'path = "{model_dir}"\n\n{body}')
+def recipe_file(path: Path, body: str) -> Path:
+    """A user's recipe .toml: a description and `body` (precision, steps, ...)."""
+    path.write_text(f'description = "{path.stem} (tests)"\n{body}')
     return path
