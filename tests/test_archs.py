@@ -119,6 +119,8 @@ def test_prune_ffn_keeps_both_halves_of_a_fused_up_projection(calibration, one_t
 
 @pytest.mark.parametrize("family, steps, supported", [
     ("gpt2", [{"method": "prune-ffn"}], "llama"),  # Conv1D, not nn.Linear
+    ("gpt2", [{"method": "smooth"}], "llama"),
+    ("gpt2", [{"method": "distill", "steps": 1}], "llama"),
     ("albert", [{"method": "distill", "steps": 1}], "bert"),  # one block at every depth
 ])
 def test_a_method_refuses_a_family_it_does_not_support(family, steps, supported, calibration):

@@ -121,13 +121,14 @@ def select_modules(model: nn.Module, spec: str | list[str] | None, kind: type, m
     archs.ROLES), which the adapter resolves in every block. `exclude` takes the same entries."""
     from ..archs import ROLES, require_layout
 
+    linear = kind is nn.Linear  # GPT-2's blocks are Conv1D: no Linear to select there
     def chosen(entries: list[str]) -> tuple[set[str], list[str]]:
         roles = [e for e in entries if e in ROLES]
-        names = {n for n, _ in require_layout(model, method).linears(roles)} if roles else set()
+        names = {n for n, _ in require_layout(model, method, needs_linear=linear).linears(roles)} if roles else set()
         return names, [e for e in entries if e not in ROLES]
 
     if spec is None:
-        pats, by_name = [], {n for n, _ in require_layout(model, method).linears()}
+        pats, by_name = [], {n for n, _ in require_layout(model, method, needs_linear=linear).linears()}
     else:
         by_name, pats = chosen(patterns(spec))
     excl_names, excl = chosen(patterns(exclude))

@@ -210,8 +210,10 @@ def remove_fake_quant(done: list) -> None:
 # --- capture --------------------------------------------------------------------------------------------
 def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The model's stack of transformer blocks, where its family's adapter says (encoder.layer for BERT).
-    Refused for a family without an adapter, or one whose single block serves every depth (ALBERT)."""
-    layout = require_layout(model, "distill", per_block=True)
+    Refused for a family without an adapter, one whose single block serves every depth (ALBERT), or GPT-2."""
+    # GPT-2 (Conv1D blocks) is refused too: replaying its captured blocks doubled the sequence (a size
+    # mismatch, 42 vs 21 tokens, on a tiny GPT-2), which the cache filter below does not catch
+    layout = require_layout(model, "distill", per_block=True, needs_linear=True)
     return layout.blocks_path, layout.blocks
 
 
