@@ -349,7 +349,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         breakdown = {"pytorch-fp32": ref_breakdown}
         for rec in records:
             if rec["format"] == "onnx" and "stage" not in rec:
-                breakdown[rec["path"]] = onnx_size_breakdown(build / rec["path"])
+                breakdown[rec["path"]] = onnx_size_breakdown(build / rec["path"], loaded.model)
         manifest = {
             "edgecomp_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 IO_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
 
-def write_tiny_tokenizer(d: Path) -> None:
-    """A WordPiece tokenizer whose vocab is the words of the built-in sentences (no downloads)."""
+def write_tiny_tokenizer(d: Path, input_names: list[str] | None = None) -> None:
+    """A WordPiece tokenizer whose vocab is the words of the built-in sentences (no downloads); it emits
+    `input_names` (default: ids, mask and token types, as BERT's does)."""
     from transformers import BertTokenizerFast
 
     words: dict[str, None] = {}
@@ -22,7 +23,8 @@ def write_tiny_tokenizer(d: Path) -> None:
              *[w for w in words if w not in chars]][:1000]
     d.mkdir(parents=True, exist_ok=True)
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True).save_pretrained(d)
+    extra = {"model_input_names": input_names} if input_names else {}
+    BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True, **extra).save_pretrained(d)
 
 
 def tiny_bert_config(**kw):
@@ -48,3 +50,61 @@ def encoder_module(bert):
     from edgecomp.lower.wrap import PositionalModel
 
     return PositionalModel(bert, IO_NAMES, ["last_hidden_state"]).eval()
+
+
+# --- one tiny random-init model per encoder family ---------------------------------------------------
+# (config class, overrides): hidden 64, 2 layers, vocab 1000; special-token ids inside the tiny vocabulary.
+_SMALL = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              max_position_embeddings=130)
+TINY_ENCODERS = {
+    "bert": ("BertConfig", _SMALL),
+    "distilbert": ("DistilBertConfig", dict(vocab_size=1000, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                            max_position_embeddings=130)),
+    "roberta": ("RobertaConfig", dict(_SMALL, pad_token_id=0, bos_token_id=2, eos_token_id=3)),
+    "xlm-roberta": ("XLMRobertaConfig", dict(_SMALL, pad_token_id=0, bos_token_id=2, eos_token_id=3)),
+    "albert": ("AlbertConfig", dict(_SMALL, embedding_size=32, bos_token_id=2, eos_token_id=3)),
+    "electra": ("ElectraConfig", dict(_SMALL, embedding_size=32)),
+    "mpnet": ("MPNetConfig", dict(_SMALL, pad_token_id=0, bos_token_id=2, eos_token_id=3)),
+    "deberta-v2": ("DebertaV2Config", dict(_SMALL, max_position_embeddings=128)),
+    "modernbert": ("ModernBertConfig", dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                            intermediate_size=128, max_position_embeddings=128, pad_token_id=0,
+                                            bos_token_id=2, eos_token_id=3, sep_token_id=3, cls_token_id=2,
+                                            global_attn_every_n_layers=2, local_attention=16)),
+}
+
+
+def tiny_encoder_config(family: str, **kw):
+    import transformers
+
+    cls_name, base = TINY_ENCODERS[family]
+    return getattr(transformers, cls_name)(**{**base, **kw})
+
+
+def tiny_encoder(family: str, classifier: bool = False, seed: int = 0):
+    """A random-init encoder of `family` (its *ForSequenceClassification with two labels if `classifier`)."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = tiny_encoder_config(family, **({"num_labels": 2} if classifier else {}))
+    auto = AutoModelForSequenceClassification if classifier else AutoModel
+    return auto.from_config(cfg, attn_implementation="eager").eval()
+
+
+def save_tiny_encoder(family: str, d: Path, classifier: bool = False) -> Path:
+    """A saved tiny `family` model + the tiny WordPiece tokenizer: a local Hugging Face directory. The
+    tokenizer emits token_type_ids only where the model takes them (as each family's own tokenizer does)."""
+    import inspect
+
+    model = tiny_encoder(family, classifier)
+    write_tiny_tokenizer(d, [n for n in IO_NAMES if n in inspect.signature(model.forward).parameters])
+    if classifier:
+        model.config.architectures = [type(model).__name__]
+    model.save_pretrained(d)
+    return d
+
+
+def recipe_file(path: Path, body: str) -> Path:
+    """A user's recipe .toml: a description and `body` (precision, steps, ...)."""
+    path.write_text(f'description = "{path.stem} (tests)"\n{body}')
+    return path

@@ -2,7 +2,9 @@
 
 Initializers are classified by the names of the nodes that consume them (exporters rename weights,
 e.g. ``onnx::MatMul_123``, but keep module paths in node names such as
-``/encoder/layer.0/attention/self/query/MatMul``), so the breakdown survives quantization.
+``/encoder/layer.0/attention/self/query/MatMul``), so the breakdown survives quantization. With the
+model at hand, its family's adapter (archs/) says which module paths are the token table/head, norms,
+attention and feed-forward; names it does not own (and families without one) fall back to keywords.
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from pathlib import Path
 COMPONENTS = ("token_embeddings", "attention", "feed_forward", "norms_other")
 
 
-def classify(path: str) -> str:
+def classify(path: str, layout=None) -> str:
+    """The component of a parameter / initializer (+ consumer node) name: the adapter's, else by keyword."""
+    if layout is not None:
+        for part in path.split(" "):
+            found = layout.component(part)
+            if found is not None:
+                return found
+    return classify_keywords(path)
+
+
+def classify_keywords(path: str) -> str:
     p = path.lower()
     if any(k in p for k in ("word_embeddings", "embed_tokens", "wte", "lm_head", "shared")):
         return "token_embeddings"
@@ -39,9 +51,14 @@ def initializer_nbytes(init) -> int:
     return onnx.numpy_helper.to_array(init).nbytes
 
 
-def onnx_size_breakdown(path: Path) -> dict:
+def onnx_size_breakdown(path: Path, model=None) -> dict:
+    """Bytes per component of the ONNX file; `model` (the PyTorch model it came from) lets the family's
+    adapter classify."""
     import onnx
 
+    from ..archs import layout_of
+
+    layout = layout_of(model) if model is not None else None
     m = onnx.load(str(path))
     consumers: dict[str, list[str]] = {}
     for node in m.graph.node:
@@ -51,7 +68,7 @@ def onnx_size_breakdown(path: Path) -> dict:
     for init in m.graph.initializer:
         nbytes = initializer_nbytes(init)
         where = " ".join([init.name, *consumers.get(init.name, [])])
-        out[classify(where)] += nbytes
+        out[classify(where, layout)] += nbytes
     total = Path(path).stat().st_size
     out["graph_and_metadata"] = max(total - sum(out[c] for c in COMPONENTS), 0)
     out["total"] = total
@@ -60,8 +77,11 @@ def onnx_size_breakdown(path: Path) -> dict:
 
 def torch_size_breakdown(model) -> dict:
     """The same breakdown for the fp32 PyTorch model (parameters counted once when tied)."""
+    from ..archs import layout_of
+
+    layout = layout_of(model)
     out = dict.fromkeys(COMPONENTS, 0)
     for name, p in model.named_parameters():
-        out[classify(name)] += p.numel() * p.element_size()
+        out[classify(name, layout)] += p.numel() * p.element_size()
     out["total"] = sum(out.values())
     return out

@@ -16,6 +16,7 @@ parameter names and only use ops that lower to standard ONNX (see layers.py).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Callable, Sequence
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..errors import EdgecompError
 from ..registry import Registry
-from .base import Calibration, StepReport, cosine_summary, model_params, parse_config, pooled_embeddings
+from .base import Calibration, StepReport, cosine_summary, forward_inputs, model_params, parse_config, pooled_embeddings
 
 METHODS: Registry[tuple[type, Callable]] = Registry("compression method")
 
@@ -49,6 +50,8 @@ def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibra
     """
     parsed = parse_steps(steps)
     model.eval()
+    if calibration is not None:
+        calibration = dataclasses.replace(calibration, input_names=forward_inputs(model))
     before = model_params(model)
     if not parsed:
         return {"steps": [], "params_before": before, "params_after": before,

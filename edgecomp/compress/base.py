@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -16,6 +17,13 @@ import torch
 from torch import nn
 
 from ..errors import EdgecompError
+from ..tasks import MODEL_INPUTS
+
+
+def forward_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The token inputs among MODEL_INPUTS that `model.forward` accepts."""
+    params = inspect.signature(model.forward).parameters
+    return tuple(n for n in MODEL_INPUTS if n in params)
 
 
 # --- calibration text ------------------------------------------------------------------------------
@@ -30,6 +38,9 @@ class Calibration:
     texts: list[str]
     max_length: int = 128
     batch_size: int = 16
+    # what the model's forward takes (compress_model sets it): a tokenizer may emit more, e.g.
+    # token_type_ids for a DistilBERT or ModernBERT
+    input_names: tuple[str, ...] = MODEL_INPUTS
 
     def __post_init__(self):
         self.texts = [t for t in (s.strip() for s in self.texts) if t]
@@ -42,7 +53,7 @@ class Calibration:
         for i in range(0, len(self.texts), bs):
             enc = self.tokenizer(self.texts[i : i + bs], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
-            yield {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            yield {k: v for k, v in enc.items() if k in self.input_names}
 
 
 def require_calibration(calibration: Calibration | None, method: str) -> Calibration:
@@ -103,13 +114,27 @@ def patterns(spec: str | list[str]) -> list[str]:
     return [spec] if isinstance(spec, str) else list(spec)
 
 
-def select_modules(model: nn.Module, spec: str | list[str], kind: type, method: str,
+def select_modules(model: nn.Module, spec: str | list[str] | None, kind: type, method: str,
                    exclude: str | list[str] = ()) -> list[tuple[str, nn.Module]]:
-    """Submodules of type `kind` whose dotted name matches any glob (`*` spans dots)."""
-    pats, excl = patterns(spec), patterns(exclude)
+    """Submodules of type `kind` chosen by `spec`: None = every block Linear the family's adapter knows;
+    otherwise globs over dotted names (`*` spans dots) and role names (`query`, `ffn-up`, ... see
+    archs.ROLES), which the adapter resolves in every block. `exclude` takes the same entries."""
+    from ..archs import ROLES, require_layout
+
+    linear = kind is nn.Linear  # GPT-2's blocks are Conv1D: no Linear to select there
+    def chosen(entries: list[str]) -> tuple[set[str], list[str]]:
+        roles = [e for e in entries if e in ROLES]
+        names = {n for n, _ in require_layout(model, method, needs_linear=linear).linears(roles)} if roles else set()
+        return names, [e for e in entries if e not in ROLES]
+
+    if spec is None:
+        pats, by_name = [], {n for n, _ in require_layout(model, method, needs_linear=linear).linears()}
+    else:
+        by_name, pats = chosen(patterns(spec))
+    excl_names, excl = chosen(patterns(exclude))
     found = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, kind) and any(fnmatch.fnmatchcase(n, p) for p in pats)
-             and not any(fnmatch.fnmatchcase(n, p) for p in excl)]
+             if isinstance(m, kind) and (n in by_name or any(fnmatch.fnmatchcase(n, p) for p in pats))
+             and n not in excl_names and not any(fnmatch.fnmatchcase(n, p) for p in excl)]
     if not found:
         avail = [n for n, m in model.named_modules() if isinstance(m, kind)][:6]
         raise EdgecompError(f"the {method} step's modules {spec!r} match no {kind.__name__} in the model",
@@ -175,13 +200,23 @@ def input_covariances(model: nn.Module, names: Sequence[str], calibration: Calib
     return {n: (a[0], a[1]) for n, a in acc.items()}
 
 
+def last_hidden_state(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The encoder's (or decoder's) last hidden state [batch, seq, hidden]; a classifier's outputs are
+    logits, so its hidden states are asked for."""
+    out = model(**batch)
+    if getattr(out, "last_hidden_state", None) is not None:
+        return out.last_hidden_state
+    if getattr(out, "logits", None) is not None:
+        return model(**batch, output_hidden_states=True).hidden_states[-1]
+    return out[0]
+
+
 @torch.no_grad()
 def pooled_embeddings(model: nn.Module, calibration: Calibration) -> torch.Tensor:
     """Mean-pooled, L2-normalised last hidden state: the fidelity yardstick of every step."""
     outs = []
     for batch in calibration.batches():
-        out = model(**batch)
-        h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        h = last_hidden_state(model, batch)
         m = batch["attention_mask"].unsqueeze(-1).float()
         e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
         outs.append(torch.nn.functional.normalize(e, dim=-1))

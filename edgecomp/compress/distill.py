@@ -22,12 +22,15 @@ final_steps, max_minutes.
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from ..archs import layout_of, require_layout
 from . import METHODS
 from .base import Calibration, StepReport, check, require_calibration
 from .layers import FactorizedEmbedding, KroneckerEmbedding, SmoothedLinear
@@ -87,6 +90,9 @@ def fake_quant_int4_litert(w_in_out: torch.Tensor, block: int) -> torch.Tensor:
     pad = (-k) % block
     w = nn.functional.pad(w_in_out, (0, 0, 0, pad)).reshape(-1, block, n)
     scale = (w.abs().amax(1, keepdim=True).clamp_min(1e-9) / 7.0).to(torch.bfloat16).to(torch.float16).to(torch.float32)
+    # an all-zero block (a fresh model's padding row of the token table) underflows to scale 0 in float16,
+    # and 0/0 would turn the whole distillation NaN; any scale stores zeros exactly
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = (torch.clamp(torch.round(w / scale), -8, 7) * scale).reshape(-1, n)[:k]
     return w_in_out + (q - w_in_out).detach()
 
@@ -203,11 +209,12 @@ def remove_fake_quant(done: list) -> None:
 
 # --- capture --------------------------------------------------------------------------------------------
 def blocks_of(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's stack of transformer blocks: the longest ModuleList (encoder.layer for BERT)."""
-    best = max(((n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)),
-               key=lambda t: len(t[1]), default=None)
-    check(best is not None, "the model has no stack of blocks to distill", "drop the distill step for this model")
-    return best
+    """The model's stack of transformer blocks, where its family's adapter says (encoder.layer for BERT).
+    Refused for a family without an adapter, one whose single block serves every depth (ALBERT), or GPT-2."""
+    # GPT-2 (Conv1D blocks) is refused too: replaying its captured blocks doubled the sequence (a size
+    # mismatch, 42 vs 21 tokens, on a tiny GPT-2), which the cache filter below does not catch
+    layout = require_layout(model, "distill", per_block=True, needs_linear=True)
+    return layout.blocks_path, layout.blocks
 
 
 # A decoder passes its KV cache to every block; replaying a block with it would append to the cache and
@@ -236,9 +243,9 @@ def capture(model: nn.Module, calibration: Calibration, batch_size: int, blocks_
         if emb is not None:
             hooks.append(emb.register_forward_hook(lambda m, a, o, rec=rec: rec.__setitem__("emb", o)))
         try:
-            out = model(**batch)
+            out = model(**batch, **({"output_hidden_states": True} if keep_out else {}))
             if keep_out:
-                rec["out"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+                rec["out"] = last_hidden(out)
         finally:
             for h in hooks:
                 h.remove()
@@ -246,13 +253,19 @@ def capture(model: nn.Module, calibration: Calibration, batch_size: int, blocks_
     return records
 
 
+def last_hidden(out) -> torch.Tensor:
+    """The last hidden state of a model run with output_hidden_states (a classifier's out[0] is logits)."""
+    if getattr(out, "last_hidden_state", None) is not None:
+        return out.last_hidden_state
+    return out.hidden_states[-1] if getattr(out, "hidden_states", None) is not None else out[0]
+
+
 def embeddings_block(model: nn.Module, blocks_name: str) -> nn.Module | None:
     """The module holding the token table (BERT: [bert.]embeddings), trained first when it was compressed.
     Where the table sits in the model body itself (Llama: model.embed_tokens next to model.layers), its
     parent is the whole body, so the table alone is the embeddings block."""
-    from .embedding import input_table_name
-
-    name = input_table_name(model)
+    layout = layout_of(model)
+    name = layout.token_table_path if layout is not None else None
     if not name or "." not in name:
         return None
     parent = name.rpartition(".")[0]
@@ -262,7 +275,10 @@ def embeddings_block(model: nn.Module, blocks_name: str) -> nn.Module | None:
 def run_embeddings(emb: nn.Module, batch: dict) -> torch.Tensor:
     if isinstance(emb, tuple(GATHER_TABLES)):  # a bare table: forward(input_ids) only
         return emb(batch["input_ids"])
-    return emb(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+    # BERT's embeddings take token types, DistilBERT's and ModernBERT's only ids
+    takes = inspect.signature(emb.forward).parameters
+    return emb(input_ids=batch["input_ids"],
+               **({"token_type_ids": batch.get("token_type_ids")} if "token_type_ids" in takes else {}))
 
 
 class _Reached(Exception):
@@ -338,6 +354,8 @@ def _train(module: nn.Module, params: list, steps: int, lr: float, loss_fn, n_ba
         done += 1
     with torch.no_grad():
         last = sum(float(loss_fn(i)) for i in range(n_batches)) / n_batches
+    check(math.isfinite(last), f"the distillation diverged (loss {last} after {done} steps)",
+          "use a smaller lr, or drop the distill step for this model")
     return first, last, done
 
 
@@ -412,8 +430,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
 
             def final_loss(i):
                 rec = teacher[i]
-                out = model(**rec["batch"])
-                got = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+                got = last_hidden(model(**rec["batch"], output_hidden_states=True))
                 return token_mse(got, rec["out"], rec["batch"]["attention_mask"])
             first, last, n = _train(model, params, cfg.final_steps, cfg.lr / 2, final_loss, len(teacher), deadline)
             remove_fake_quant(fq)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..archs import layout_of
 from ..errors import EdgecompError
 from .base import StepReport, n_params, set_submodule
 from .layers import TiedOutputHead
@@ -19,8 +20,13 @@ def input_table_name(model: nn.Module) -> str | None:
 
 
 def find_table(model: nn.Module, name: str | None, method: str) -> tuple[str, nn.Embedding]:
-    """(path, table): `name`, or by default the model's input token table."""
-    name = name or input_table_name(model) or "embeddings.word_embeddings"
+    """(path, table): `name`, or by default the model's input token table (where its family's adapter
+    says, else where get_input_embeddings finds it)."""
+    layout = layout_of(model)
+    name = name or (layout.token_table_path if layout is not None else input_table_name(model))
+    if not name:
+        raise EdgecompError(f"the {method} step found no token table in this model",
+                            "set module = \"...\" to the nn.Embedding to compress")
     try:
         table = model.get_submodule(name)
     except AttributeError:

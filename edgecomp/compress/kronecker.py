@@ -24,7 +24,7 @@ from .layers import KroneckerLinear
 
 @dataclass
 class KroneckerConfig:
-    modules: str | list = "encoder.*"
+    modules: str | list | None = None  # None: every block Linear of the family's adapter (archs/)
     exclude: str | list = field(default_factory=list)
     a_shape: list | None = None  # [m1, n1]; B is then [out/m1, in/n1]
     terms: int | None = None

@@ -24,7 +24,7 @@ from .layers import LowRankLinear
 
 @dataclass
 class LowRankConfig:
-    modules: str | list = "encoder.*"
+    modules: str | list | None = None  # None: every block Linear of the family's adapter (archs/)
     exclude: str | list = field(default_factory=list)
     rank: int | None = None
     energy: float | None = None

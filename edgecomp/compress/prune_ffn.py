@@ -13,13 +13,14 @@ G = [H 1]^T [H 1]:
   from being judged alone (`score = "energy"`, E[h_j^2] * ||W_down[:, j]||^2 then one refit, is the
   simpler criterion; a one-off run on MiniLM at keep 0.9, PyTorch fp32 on 100 held-out SST-2 sentences:
   cos 0.9957 with "obs" against 0.9941 with "energy");
-- the kept neurons' up-projection rows (gate and up for gated MLPs) are kept as they are;
+- the kept neurons' up-projection rows (gate and up for gated MLPs, both halves of a fused [up; gate]
+  Linear such as ModernBERT's Wi) are kept as they are;
 - W_down and its bias end as the least-squares fit [H_S 1] A ~ H W_down^T, which moves the dropped
   neurons' mean and their correlated part into the kept ones.
 Blocks are pruned in order, each measured on the already-pruned model's activations.
 
-Step keys: keep (share of neurons kept per block), score, up (names inside a block, one or several), down,
-damping.
+The FFN pair comes from the family's adapter (archs/); step keys: keep (share of neurons kept per block),
+score, up (names inside a block, one or several, instead of the adapter's), down, damping.
 """
 
 from __future__ import annotations
@@ -30,21 +31,14 @@ import torch
 from torch import nn
 
 from ..errors import EdgecompError
+from ..archs import layout_of, require_layout
 from . import METHODS
 from .base import Calibration, StepReport, check, input_covariances, n_params, require_calibration, set_submodule
-
-# (up projections, down projection), relative to a block; the first that exists in the model is used
-FFN_LAYOUTS = (
-    (["intermediate.dense"], "output.dense"),  # BERT
-    (["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj"),  # Llama, Qwen, Mistral
-    (["mlp.c_fc"], "mlp.c_proj"),  # GPT-2 style (nn.Linear variants only)
-)
-
 
 @dataclass
 class PruneFFNConfig:
     keep: float = 0.9
-    up: list = field(default_factory=list)  # empty: the first FFN_LAYOUTS entry the model has
+    up: list = field(default_factory=list)  # empty: the FFN pair the family's adapter names
     down: str = ""
     damping: float = 1e-3  # added to the covariance diagonal, relative to its mean
     score: str = "obs"  # "obs" (greedy, with updates) | "energy" (one-shot)
@@ -57,14 +51,34 @@ class PruneFFNConfig:
         check(self.score in ("obs", "energy"), f"score = {self.score!r} is unknown", 'use score = "obs" or "energy"')
 
 
-def ffn_layout(block: nn.Module, cfg: PruneFFNConfig) -> tuple[list[str], str]:
-    layouts = [(list(cfg.up), cfg.down)] if cfg.up else FFN_LAYOUTS
-    names = {n for n, m in block.named_modules() if type(m) is nn.Linear}
-    for up, down in layouts:
-        if all(u in names for u in up) and down in names:
-            return up, down
-    raise EdgecompError("prune-ffn found no feed-forward pair of plain nn.Linear layers in the model's blocks",
-                        'name them with up = ["..."] and down = "..." (names inside one block), before any step that replaces them')
+@dataclass
+class FFNLayout:
+    blocks_name: str
+    blocks: nn.ModuleList
+    up: list[str]  # gate and/or up projections, names inside a block
+    down: str
+    halves: int = 1  # row blocks per neuron in each up Linear (fused [up; gate]: 2)
+
+
+def ffn_layout(model: nn.Module, cfg: PruneFFNConfig) -> FFNLayout:
+    """The blocks and their FFN pair: the adapter's, or the names the step gives (inside a block)."""
+    if cfg.up:
+        from .distill import blocks_of
+
+        layout = layout_of(model)
+        blocks_name, blocks = (layout.blocks_path, layout.blocks) if layout is not None else blocks_of(model)
+        found = FFNLayout(blocks_name, blocks, list(cfg.up), cfg.down)
+    else:
+        layout = require_layout(model, "prune-ffn", needs_linear=True)
+        a = layout.adapter
+        found = FFNLayout(layout.blocks_path, layout.blocks, [a.roles[r] for r in a.ffn_up_roles],
+                          a.roles["ffn-down"], a.ffn_halves)
+    names = {n for n, m in found.blocks[0].named_modules() if type(m) is nn.Linear}
+    if not all(u in names for u in found.up) or found.down not in names:
+        raise EdgecompError(f"prune-ffn found no feed-forward pair of plain nn.Linear layers {found.up} -> {found.down!r} "
+                            f"in the blocks {found.blocks_name}",
+                            "run prune-ffn before any step that replaces them, or name them with up = [\"...\"] and down = \"...\"")
+    return found
 
 
 def down_input_covariance(model: nn.Module, down_name: str, calibration: Calibration) -> tuple[torch.Tensor, int]:
@@ -105,17 +119,19 @@ def _linear_like(src: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None
 
 @torch.no_grad()
 def apply(model: nn.Module, cfg: PruneFFNConfig, calibration: Calibration | None) -> StepReport:
-    from .distill import blocks_of
-
     cal = require_calibration(calibration, "prune-ffn")
-    blocks_name, blocks = blocks_of(model)
-    up_names, down_name = ffn_layout(blocks[0], cfg)
+    ffn = ffn_layout(model, cfg)
+    blocks_name, blocks, up_names, down_name = ffn.blocks_name, ffn.blocks, ffn.up, ffn.down
     rep = StepReport("prune-ffn", asdict(cfg))
     per_block = {}
     for j, blk in enumerate(blocks):
         down = blk.get_submodule(down_name)
         ups = [blk.get_submodule(u) for u in up_names]
         width = down.in_features
+        for name, u in zip(up_names, ups):
+            check(u.out_features == ffn.halves * width,
+                  f"{blocks_name}.{j}.{name} has {u.out_features} outputs, not {ffn.halves} x {width}",
+                  "name the FFN pair of this model with up = [...] and down = ...")
         k = max(1, int(round(width * cfg.keep)))
         g, count = down_input_covariance(model, f"{blocks_name}.{j}.{down_name}", cal)
         check(count > 0, f"no calibration tokens reached {blocks_name}.{j}.{down_name}", "pass more calibration text")
@@ -123,6 +139,7 @@ def apply(model: nn.Module, cfg: PruneFFNConfig, calibration: Calibration | None
         energy = g.diagonal()[:width] / count * (w ** 2).sum(0)
         kept = obs_keep(g, w, k, cfg.damping) if cfg.score == "obs" else torch.sort(torch.topk(energy, k).indices).values
         rows = torch.cat([kept, torch.tensor([width])])  # + the constant column
+        up_rows = torch.cat([kept + h * width for h in range(ffn.halves)])  # each neuron's row in every half
         g_ss = g[rows][:, rows]
         g_ss = g_ss + cfg.damping * g_ss.diagonal().mean() * torch.eye(len(rows), dtype=g.dtype)
         # least squares: A = G_SS^-1 G_S,all [W^T; 0]  ->  new W = A[:k]^T, new bias = b + A[k]
@@ -132,7 +149,8 @@ def apply(model: nn.Module, cfg: PruneFFNConfig, calibration: Calibration | None
         before = n_params(down) + sum(n_params(u) for u in ups)
         set_submodule(blk, down_name, _linear_like(down, a[:k].T, bias))
         for name, u in zip(up_names, ups):
-            set_submodule(blk, name, _linear_like(u, u.weight.detach()[kept], u.bias.detach()[kept] if u.bias is not None else None))
+            set_submodule(blk, name, _linear_like(u, u.weight.detach()[up_rows],
+                                                  u.bias.detach()[up_rows] if u.bias is not None else None))
         after = n_params(blk.get_submodule(down_name)) + sum(n_params(blk.get_submodule(u)) for u in up_names)
         rep.params_before += before
         rep.params_after += after

@@ -16,6 +16,9 @@ without smoothing (tested: as many DynamicQuantizeLinear nodes as the unsmoothed
 a Cortex-A76 (qemu, MiniLM int8) put one Mul per Linear at +7.7 M instructions per inference (+3.5%),
 shared scales at +3.5 M (results/arm64/study_int8.md: 224.4 M vs 220.9 M).
 
+The Linears and their shared inputs come from the family's adapter (archs/); `modules` / `exclude` take
+globs or role names (e.g. exclude = ["attention-output"]).
+
 Step keys: modules, exclude, alpha (0.85 on MiniLM; in the same simulation alpha 0.5 gave cos 0.983,
 0.75 gave 0.998, 0.85 gave 0.998: near 0.5 the outlier columns' growth hurts the per-output-channel weight
 scales more than the flatter activations help).
@@ -28,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..archs import layout_of
 from . import METHODS
 from .base import (Calibration, StepReport, check, require_calibration, select_modules, set_submodule,
                    visit_module_inputs)
@@ -36,7 +40,7 @@ from .layers import SmoothedLinear
 
 @dataclass
 class SmoothConfig:
-    modules: str | list = "encoder.layer.*"
+    modules: str | list | None = None  # None: every block Linear of the family's adapter (archs/)
     exclude: str | list = field(default_factory=list)
     alpha: float = 0.85
 
@@ -72,7 +76,11 @@ def shared_input_groups(model: nn.Module, names: list[str], batch: dict) -> list
     finally:
         for h in handles:
             h.remove()
-    grouped = [g for _, g in seen.values()]
+    grouped = []
+    for _, g in seen.values():  # a module applied at several depths sees several inputs: keep its first group
+        g = [n for n in dict.fromkeys(g) if not any(n in h for h in grouped)]
+        if g:
+            grouped.append(g)
     return grouped + [[n] for n in names if not any(n in g for g in grouped)]
 
 
@@ -82,7 +90,10 @@ def apply(model: nn.Module, cfg: SmoothConfig, calibration: Calibration | None) 
     cal = require_calibration(calibration, "smooth")
     rep = StepReport("smooth", asdict(cfg))
     amax = input_absmax(model, list(targets), cal)
-    groups = shared_input_groups(model, list(targets), next(cal.batches()))
+    layout = layout_of(model)
+    # the adapter says which Linears read one tensor; a family without one is probed on one batch
+    groups = (layout.shared_input_groups(list(targets)) if layout is not None
+              else shared_input_groups(model, list(targets), next(cal.batches())))
     per_module = {}
     for group in groups:
         for name in group:

@@ -31,7 +31,7 @@ from .layers import SharedDecoderLinear
 
 @dataclass
 class WeightAEConfig:
-    modules: str | list = "encoder.*"
+    modules: str | list | None = None  # None: every block Linear of the family's adapter (archs/)
     exclude: str | list = field(default_factory=list)
     latent_dim: int | None = None
     ratio: float | None = None  # dense params of a group / its compressed params
