@@ -64,9 +64,10 @@ def bench_export(export_dir: Path, target: str | None = None, texts_file: Path |
         for rec, path in zip(manifest["artifacts"], paths):
             if not checks or rec.get("role") == "early-exit-stage":
                 continue
-            feeds = benchmark_feeds(loaded.tokenizer, texts, 1, extra.bench.seq_len, rec["inputs"])
+            feeds = benchmark_feeds(loaded.tokenizer, texts, 1, min(extra.bench.seq_len, rec.get("max_length") or extra.bench.seq_len),
+                                    rec["inputs"])
             run_checks(checks, path, rec, feeds, extra.emulated_cpu or "cortex-a76", log,
-                       reference=task.torch_forward(loaded.model, feeds))
+                       reference=lambda: task.torch_forward(loaded.model, feeds))
     write_json_atomic(export_dir / MANIFEST, manifest)
     from .report import write_report
 

@@ -215,16 +215,9 @@ def targets():
     """List target profiles (edgecomp/data/targets, or $EDGECOMP_TARGETS)."""
     from .targets import list_targets
 
-    t = Table(title="targets")
-    for col in ("name", "artifacts", "runtimes", "description"):
-        t.add_column(col)
-    try:
-        for tg in list_targets():
-            arts = ", ".join(f"{a.filename} ({a.precision})" for a in tg.artifacts)
-            t.add_row(tg.name, arts, ", ".join(sorted(tg.runtimes())), tg.description)
-    except EdgecompError as e:
-        _fail(e)
-    out.print(t)
+    _print_listing("targets", ("name", "artifacts", "runtimes", "description"), lambda: [
+        (tg.name, ", ".join(f"{a.filename} ({a.precision})" for a in tg.artifacts), ", ".join(sorted(tg.runtimes())),
+         tg.description) for tg in list_targets()])
 
 
 @app.command()
@@ -232,15 +225,8 @@ def models():
     """List reference models (edgecomp/data/models, or $EDGECOMP_MODELS) and the recipes each accepts."""
     from .models import list_models
 
-    t = Table(title="reference models")
-    for col in ("name", "task", "recipes", "description"):
-        t.add_column(col)
-    try:
-        for m in list_models():
-            t.add_row(m.name, m.task, ", ".join(m.recipe_names()) or "none", m.description)
-    except EdgecompError as e:
-        _fail(e)
-    out.print(t)
+    _print_listing("reference models", ("name", "task", "recipes", "description"), lambda: [
+        (m.name, m.task, ", ".join(m.recipe_names()) or "none", m.description) for m in list_models()])
 
 
 @app.command()
@@ -248,13 +234,20 @@ def recipes():
     """List the generic recipes (edgecomp/data/recipes, or $EDGECOMP_RECIPES); a model file may override them."""
     from .recipes import list_recipes
 
-    t = Table(title="recipes (`--recipe NAME`, or `--recipe path/to/recipe.toml`)")
-    for col in ("name", "tasks", "steps", "formats", "description"):
+    _print_listing("recipes (`--recipe NAME`, or `--recipe path/to/recipe.toml`)",
+                   ("name", "tasks", "steps", "formats", "description"), lambda: [
+        (r.name, ", ".join(r.tasks) or "any", " → ".join(s.get("method", "?") for s in r.steps) or "—",
+         ", ".join(r.formats or ()) or "target's", r.description) for r in list_recipes()])
+
+
+def _print_listing(title: str, columns: tuple[str, ...], rows) -> None:
+    """A table of what the package data holds; a data file that cannot be read is one line."""
+    t = Table(title=title)
+    for col in columns:
         t.add_column(col)
     try:
-        for r in list_recipes():
-            steps = " → ".join(s.get("method", "?") for s in r.steps) or "—"
-            t.add_row(r.name, ", ".join(r.tasks) or "any", steps, ", ".join(r.formats or ()) or "target's", r.description)
+        for row in rows():
+            t.add_row(*row)
     except EdgecompError as e:
         _fail(e)
     out.print(t)
@@ -292,7 +285,7 @@ def main() -> None:
         if e.errno == 28:
             from .outdir import no_space
 
-            console.print(f"[bold red]error:[/] {no_space(Path(e.filename or '.').parent, 0)}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {no_space(Path(e.filename or '.').parent, None)}", highlight=False, soft_wrap=True)
             rc = 2
         else:
             raise

@@ -22,6 +22,7 @@ import numpy as np
 from .errors import EdgecompError
 from .manifest import check_artifact_hash, read_manifest
 from .runtime import open_artifact
+from .tasks import TASKS
 from .texts import read_lines
 
 
@@ -129,16 +130,16 @@ def check_run_options(manifest: dict, batch_size: int, threads: int, generate: i
         raise EdgecompError(f"--threads {threads} is not a positive number of threads", "use e.g. --threads 1")
     if max_length is not None and max_length < 2:
         raise EdgecompError(f"--max-length {max_length} leaves no room for a text", "use e.g. --max-length 128")
-    task = manifest["model"]["task"]
-    if task == "text-generation":
+    task = TASKS.get(manifest["model"]["task"])
+    if getattr(task, "run_records", None):  # a decoder: run means generating or scoring
         if generate is None and not perplexity:
-            raise EdgecompError("a text-generation artifact needs --generate N or --perplexity",
+            raise EdgecompError(f"a {task.name} artifact needs --generate N or --perplexity",
                                 "add `--generate 32` (greedy continuation) or `--perplexity`")
         if generate is not None and generate < 1:
             raise EdgecompError(f"--generate {generate} is not a positive number of tokens", "use e.g. --generate 32")
     elif generate is not None or perplexity:
         flag = "--generate" if generate is not None else "--perplexity"
-        raise EdgecompError(f"{flag} is for text-generation exports, and this export is {task}",
+        raise EdgecompError(f"{flag} is for text-generation exports, and this export is {task.name}",
                             f"drop {flag}, or run it on an export of a causal LM")
 
 
@@ -155,13 +156,12 @@ def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int =
     texts = [lines[i].strip() for i in index]
     results: list[dict] = []
     if texts:
+        run_records = getattr(TASKS.get(manifest["model"]["task"]), "run_records", None)
         if manifest.get("early_exit"):
-            results = _run_early_exit(export_dir, texts, threads, batch_size, summary)
-        elif manifest["model"]["task"] == "text-generation":
-            from .llm.run import run_causal_lm
-
-            results = run_causal_lm(export_dir / record["path"], export_dir, texts, generate_tokens=generate,
-                                    score_perplexity=perplexity, threads=threads)
+            results = _run_early_exit(export_dir, texts, threads, summary)
+        elif run_records:
+            results = run_records(export_dir / record["path"], export_dir, texts, generate_tokens=generate,
+                                  score_perplexity=perplexity, threads=threads)
         else:
             results = _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_length, summary)
     out: list[dict | None] = [None] * len(lines)
@@ -175,8 +175,6 @@ def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int =
 
 
 def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_length, summary) -> list[dict]:
-    from .tasks import TASKS
-
     task = TASKS.get(manifest["model"]["task"])
     spec = SimpleNamespace(**manifest["model"])
     limit = artifact_max_length(export_dir, record)
@@ -202,20 +200,16 @@ def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_l
     return results
 
 
-def _run_early_exit(export_dir, texts, threads, batch_size, summary) -> list[dict]:
-    """Stages in order, stopping at the first confident exit (edgecomp.early_exit.runtime)."""
+def _run_early_exit(export_dir, texts, threads, summary) -> list[dict]:
+    """Stages in order, stopping at the first confident exit (edgecomp.early_exit.runtime). The stages
+    quantize activations per tensor, so each text runs alone and its result is its own."""
     from .early_exit.runtime import EarlyExitRunner
 
     runner = EarlyExitRunner(export_dir, threads=threads)
-    lengths = [len(ids) for ids in runner.tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]]
+    lengths = [len(ids) for ids in runner.tokenizer(texts, truncation=False)["input_ids"]]
     summary.max_length = runner.max_length
     summary.truncated = sum(n > runner.max_length for n in lengths)
-    results: list[dict | None] = [None] * len(texts)
-    # the stages quantize activations per tensor: one text per batch keeps each result its own
-    for group in length_groups([min(n, runner.max_length) for n in lengths], 1):
-        for i, rec in zip(group, runner.classify([texts[i] for i in group], batch_size=1)):
-            results[i] = {**rec, "truncated": lengths[i] > runner.max_length}
-    return results
+    return [{**runner.classify([t], batch_size=1)[0], "truncated": n > runner.max_length} for t, n in zip(texts, lengths)]
 
 
 def _write_lines(lines: list[str], output_file: Path) -> None:

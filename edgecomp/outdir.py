@@ -108,14 +108,15 @@ def device_of(path: Path) -> str:
     mount = path
     while not os.path.ismount(mount):
         mount = mount.parent
+    device = None
     try:
         for line in Path("/proc/self/mounts").read_text().splitlines():
             dev, point = line.split()[:2]
             if point == str(mount):
-                device = dev
-        return f"{device} (mounted at {mount})"  # the last entry for a mount point is the one in use
-    except (OSError, UnboundLocalError, ValueError):
-        return str(mount)
+                device = dev  # the last entry for a mount point is the one in use
+    except (OSError, ValueError):
+        pass
+    return f"{device} (mounted at {mount})" if device else str(mount)
 
 
 def free_bytes(path: Path) -> int:
@@ -125,9 +126,10 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def no_space(path: Path, need_bytes: int) -> EdgecompError:
-    return EdgecompError(f"no space left on {device_of(path)} (need about {max(1, round(need_bytes / 1e6))} MB, "
-                         f"{free_bytes(path) / 1e6:.0f} MB free)", "free some space there or choose another -o")
+def no_space(path: Path, need_bytes: int | None) -> EdgecompError:
+    need = f"need about {max(1, round(need_bytes / 1e6))} MB, " if need_bytes else ""
+    return EdgecompError(f"no space left on {device_of(path)} ({need}{free_bytes(path) / 1e6:.0f} MB free)",
+                         "free some space there or choose another -o")
 
 
 def require_space(path: Path, need_bytes: int) -> None:

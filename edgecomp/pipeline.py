@@ -209,13 +209,15 @@ def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: Loaded
     metrics = {"fidelity": measure_fidelity(runner, ref), "peak_rss_mb": None, "latency_ms": None}
     del runner
     b = target.bench
-    feeds = benchmark_feeds(loaded.tokenizer, ref.texts, b.batch, b.seq_len, record["inputs"])
+    # the benchmark shape, within the longest input the artifact takes (the latency block records the shape)
+    seq_len = min(b.seq_len, record.get("max_length") or b.seq_len)
+    feeds = benchmark_feeds(loaded.tokenizer, ref.texts, b.batch, seq_len, record["inputs"])
     if bench:
         log(f"bench: {path.name} latency (threads {list(b.threads)}) and peak RSS")
         metrics["latency_ms"] = latency_block(path, feeds, b.threads, b.warmup, b.runs)
         metrics["peak_rss_mb"] = peak_rss_mb(path, feeds, threads=1)
     run_checks(target.checks, path, record, feeds, target.emulated_cpu or "cortex-a76", log,
-               reference=ref.task.torch_forward(loaded.model, feeds) if target.checks else None)
+               reference=lambda: ref.task.torch_forward(loaded.model, feeds))
     return metrics
 
 

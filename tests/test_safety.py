@@ -324,3 +324,18 @@ def test_a_texts_output_does_not_depend_on_its_batch(export_dir, tmp_path):
         recs = [json.loads(ln) for ln in res.stdout.splitlines()]
         outs.append(np.array(next(r["embedding"] for r in recs if r["index"] == (0 if name == "alone" else 1))))
     assert np.allclose(outs[0], outs[1], atol=1e-6)
+
+
+def test_benchmark_shape_stays_within_the_artifacts_limit(tiny_bert_dir, tmp_path):
+    """A TFLite bucket shorter than the target's benchmark length: the benchmark runs at the export's limit."""
+    from edgecomp.paths import targets_dir
+
+    src = (targets_dir() / "android.toml").read_text()
+    src = (src.replace("seq_buckets = [16, 32, 64, 128]", "seq_buckets = [16]").replace('checks = ["arm64", "ort-mobile", "xnnpack"]', "checks = []")
+              .replace("warmup = 5", "warmup = 1").replace("runs = 30", "runs = 3").replace('name = "android"', 'name = "android-short"'))
+    target = tmp_path / "android-short.toml"
+    target.write_text(src)
+    res = edgecomp("export", tiny_bert_dir, "-t", target, "-o", tmp_path / "o")
+    assert res.returncode == 0, res.stderr[-2000:]
+    arts = json.loads((tmp_path / "o" / "manifest.json").read_text())["artifacts"]
+    assert {a["metrics"]["latency_ms"]["seq_len"] for a in arts} == {16} and {a["max_length"] for a in arts} == {16}

@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import EdgecompError
 from ..registry import Registry
 
-# name -> fn(path, record, feeds, cpu, reference=None) -> None (updates record in place)
+# name -> fn(path, record, feeds, cpu, reference=None) -> None (updates record in place); reference() gives
+# the PyTorch fp32 outputs on feeds
 CHECKS: Registry[Callable[[Path, dict, dict, str], None]] = Registry("device check")
 
 # Parity across ISAs: fp32 kernels agree to ~2e-6; int8 graphs do not agree element by element because a
@@ -43,7 +44,7 @@ def parity_ok(block: dict, precision: str) -> bool:
 
 
 @CHECKS.register("arm64")
-def arm64_check(path: Path, record: dict, feeds: dict, cpu: str, reference: dict | None = None) -> None:
+def arm64_check(path: Path, record: dict, feeds: dict, cpu: str, reference: Callable[[], dict] | None = None) -> None:
     from ..runtime import open_artifact
     from . import arm64
 
@@ -54,7 +55,7 @@ def arm64_check(path: Path, record: dict, feeds: dict, cpu: str, reference: dict
     x86 = open_artifact(path, threads=1).run(feeds)
     if path.suffix == ".tflite":  # the guest picks the bucket signature whose shapes equal the feeds
         feeds = {k: v.astype(np.int32) for k, v in feeds.items()}
-    block = arm64.arm64_block(path, feeds, x86, cpu=cpu, reference_outputs=reference)
+    block = arm64.arm64_block(path, feeds, x86, cpu=cpu, reference_outputs=reference() if reference else None)
     block["parity_ok"] = parity_ok(block, record["precision"])
     record["arm64"] = block
     if not block["parity_ok"]:
@@ -68,7 +69,7 @@ def arm64_check(path: Path, record: dict, feeds: dict, cpu: str, reference: dict
 
 
 @CHECKS.register("ort-mobile")
-def ort_mobile(path: Path, record: dict, feeds: dict, cpu: str, reference: dict | None = None) -> None:
+def ort_mobile(path: Path, record: dict, feeds: dict, cpu: str, reference: Callable[[], dict] | None = None) -> None:
     from .mobile import ort_mobile_check, summarize_required_ops
 
     if path.suffix == ".onnx":
@@ -78,7 +79,7 @@ def ort_mobile(path: Path, record: dict, feeds: dict, cpu: str, reference: dict 
 
 
 @CHECKS.register("xnnpack")
-def xnnpack(path: Path, record: dict, feeds: dict, cpu: str, reference: dict | None = None) -> None:
+def xnnpack(path: Path, record: dict, feeds: dict, cpu: str, reference: Callable[[], dict] | None = None) -> None:
     from .mobile import tflite_xnnpack_partitioning
 
     if path.suffix == ".tflite":
@@ -86,8 +87,8 @@ def xnnpack(path: Path, record: dict, feeds: dict, cpu: str, reference: dict | N
 
 
 def run_checks(names, path: Path, record: dict, feeds: dict, cpu: str, log=lambda s: None,
-               reference: dict | None = None) -> None:
-    """``reference``: the PyTorch fp32 outputs on ``feeds``, for checks that compare against them."""
+               reference: Callable[[], dict] | None = None) -> None:
+    """``reference()``: the PyTorch fp32 outputs on ``feeds``, computed only by a check that compares with them."""
     for name in names:
         log(f"check: {name} on {path.name}")
         CHECKS.get(name)(path, record, feeds, cpu, reference=reference)

@@ -53,7 +53,13 @@ class TextGeneration:
 
         return measure_causal_lm(path, loaded, texts, target, bench, log)
 
-    # `edgecomp run` on a causal LM
+    # `edgecomp run` on a causal LM: --generate N / --perplexity per text (edgecomp.llm.run)
+    def run_records(self, artifact, export_dir, texts, generate_tokens=None, score_perplexity=False, threads=1):
+        from ..llm.run import run_causal_lm
+
+        return run_causal_lm(artifact, export_dir, texts, generate_tokens=generate_tokens,
+                             score_perplexity=score_perplexity, threads=threads)
+
     def generate_records(self, artifact, tokenizer, texts, max_new_tokens: int, threads: int | None = None):
         from ..llm.generate import generate
 
