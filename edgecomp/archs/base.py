@@ -42,6 +42,8 @@ class Adapter:
     # one block applied at every depth (ALBERT): a block-by-block method cannot train it per layer
     shared_blocks: bool = False
     linear_types: tuple[type, ...] = field(default=(nn.Linear,))  # what its role modules are
+    # decoders: how litert-torch re-authors the family for the .tflite (archs/litert_decoder.py)
+    litert: object | None = None
 
     def __post_init__(self):
         unknown = set(self.roles) - set(ROLES)

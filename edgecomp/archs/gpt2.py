@@ -2,6 +2,7 @@
 c_attn, and an LM head tied to wte. Methods that rewrite nn.Linear layers refuse it (linear_types)."""
 
 from .base import Adapter, register
+from .litert_decoder import LitertDecoder
 
 
 def _conv1d():
@@ -9,6 +10,13 @@ def _conv1d():
 
     return Conv1D
 
+
+class Gpt2Litert(LitertDecoder):
+    tflite_blocker = ("litert-torch's generative decoder has rotary positions only; GPT-2 adds learned absolute "
+                      "position embeddings (wpe), which it cannot load")
+
+
+GPT2_LITERT = Gpt2Litert()
 
 GPT2 = register(Adapter(
     family="gpt2",
@@ -19,4 +27,5 @@ GPT2 = register(Adapter(
     head="lm_head",
     decoder=True,
     linear_types=(_conv1d(),),
+    litert=GPT2_LITERT,
 ))

@@ -104,7 +104,7 @@ def verify_causal_lm(path: Path, loaded, texts: list[str], n_generate: int = 2, 
 
 def causal_lm_artifacts(loaded, artifacts: list) -> tuple[list, list[dict]]:
     """The artifacts this causal LM can have, decided from its config before anything is lowered: a .tflite
-    that litert-torch cannot re-author (see families.py) is skipped with the reason, for the manifest's
+    that litert-torch cannot re-author (see archs/litert_decoder.py) is skipped with the reason, for the manifest's
     ``skipped_artifacts``. If the primary artifact is skipped, the first kept quantized one is primary."""
     from dataclasses import replace
 

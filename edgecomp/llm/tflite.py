@@ -13,14 +13,16 @@ from pathlib import Path
 
 from ..errors import EdgecompError
 from ..lower.tflite import quiet_converter
-from .families import family_of
 
 QUANTIZATIONS = ("none", "dynamic_int8", "weight_only_int8", "dynamic_int4_block32", "dynamic_int4_block128", "fp16")
 
 
 def tflite_unsupported(hf: dict, kv_cache_max_len: int) -> str | None:
-    """Why litert-torch cannot re-author the decoder of this config.json (None: it can); see families.py."""
-    return family_of(hf).tflite_unsupported(hf, kv_cache_max_len)
+    """Why litert-torch cannot re-author the decoder of this config.json (None: it can); see
+    edgecomp/archs/litert_decoder.py."""
+    from ..archs.litert_decoder import litert_decoder_of
+
+    return litert_decoder_of(hf).tflite_unsupported(hf, kv_cache_max_len)
 
 
 def _import_litert_converter():
@@ -69,7 +71,9 @@ def export_causal_lm_tflite(model_dir: Path, out_path: Path, quantization: str =
     reason = tflite_unsupported(hf, kv_cache_max_len)
     if reason:
         raise EdgecompError(f"no .tflite for this model: {reason}", "use the .onnx / .ort artifacts of this export")
-    family = family_of(hf)
+    from ..archs.litert_decoder import litert_decoder_of
+
+    family = litert_decoder_of(hf)
     tied = bool(hf.get("tie_word_embeddings", True)) if tied is None else tied  # transformers' own default
     config = family.litert_config(hf, tied)
     model = model_builder.build_decoder_only_model(checkpoint_path=str(model_dir), config=config,
