@@ -1,4 +1,5 @@
-"""The shipped passes, for tests of compressed models held in memory (a saved folder goes through the CLI).
+"""The shipped paths for the compression tests: `edgecomp export` on a saved folder, and for compressed
+models held in memory, the passes that export runs on them.
 
 A compressed encoder is lowered by the passes `edgecomp export` runs on it (edgecomp.lower.onnx, through
 edgecomp.studies.encoder_artifacts: optimum's exporter or torch.onnx, then onnxslim), quantized by the
@@ -21,7 +22,50 @@ from edgecomp.optimize.simplify import simplify_onnx
 from edgecomp.runtime import open_artifact
 from edgecomp.studies.encoder_artifacts import lower_encoder, quantized
 
-__all__ = ["lower_encoder", "quantized", "hidden_states", "lower_module", "lower_module_outputs", "run_module"]
+__all__ = ["lower_encoder", "quantized", "hidden_states", "lower_module", "lower_module_outputs", "run_module",
+           "open_target", "export_cli"]
+
+# A target whose tolerance every artifact holds: a random-init model compressed hard is far from the
+# original, and what these tests assert is the artifact against the compressed model (or another artifact).
+_OPEN_TARGET = """name = "{name}"
+opset = 18
+[tolerance]
+cos_mean = -1.0
+cos_min = -1.0
+[bench]
+batch = 1
+seq_len = 32
+threads = [1]
+warmup = 1
+runs = 1
+"""
+
+
+def open_target(path: Path, artifacts: list[dict]) -> Path:
+    """A target file at ``path`` with these [[artifacts]] (dicts of TOML keys) and an open tolerance."""
+    body = _OPEN_TARGET.format(name=Path(path).stem)
+    for a in artifacts:
+        body += "[[artifacts]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in a.items())
+    Path(path).write_text(body)
+    return Path(path)
+
+
+def _toml(v) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else repr(v) if isinstance(v, (int, float)) else f'"{v}"'
+
+
+def export_cli(model_dir: Path, target: Path, out: Path, recipe: Path, texts: Path, *flags: str) -> dict:
+    """`edgecomp export MODEL_DIR --target T --recipe R --texts X -o OUT --no-bench FLAGS`; its manifest."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgecomp.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(model_dir), "--target", str(target), "--recipe", str(recipe),
+                                   "--texts", str(texts), "-o", str(out), "--no-bench", *flags])
+    assert res.exit_code == 0, res.output
+    return json.loads((Path(out) / "manifest.json").read_text())
 
 
 def hidden_states(artifact, feeds: dict) -> np.ndarray:

@@ -9,24 +9,19 @@ ae-weights is folded back to dense by it, which is why a recipe using it sets `k
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from edgecomp.bench.size import onnx_size_breakdown
-from edgecomp.cli import app
 from edgecomp.compress import compress_model
 from edgecomp.compress.functions import DOMAIN, compressed_modules
 
-from shipped import hidden_states, lower_encoder
+from shipped import export_cli, hidden_states, lower_encoder, open_target
 from tiny import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-runner = CliRunner()
 
 RECIPE = '''description = "every factorization"
 steps = [{method = "ae-embedding", latent_dim = 16, steps = 5},
@@ -34,37 +29,9 @@ steps = [{method = "ae-embedding", latent_dim = 16, steps = 5},
          {method = "kronecker", modules = "*intermediate*", a_shape = [4, 8], terms = 2},
          {method = "ae-weights", modules = "*output.dense", latent_dim = 8, steps = 5}]
 '''
-# fp32, int8 and int4 from one export; a random-init model compressed this hard is far from the original,
-# so the tolerance is open (what is asserted is artifact against artifact)
-TARGET_HEAD = '''name = "cpu-x86-open"
-opset = 18
-[tolerance]
-cos_mean = -1.0
-cos_min = -1.0
-[bench]
-batch = 1
-seq_len = 32
-threads = [1]
-warmup = 1
-runs = 1
-'''
-FP32_ONLY = TARGET_HEAD + '[[artifacts]]\nname = "model-fp32"\nformat = "onnx"\nprecision = "fp32"\nprimary = true\n'
-TARGET = TARGET_HEAD + '''[[artifacts]]
-name = "model-fp32"
-format = "onnx"
-precision = "fp32"
-[[artifacts]]
-name = "model"
-format = "onnx"
-precision = "int8"
-quantization = "dynamic-per-channel"
-primary = true
-[[artifacts]]
-name = "model-int4"
-format = "onnx"
-precision = "int4"
-quantization = "block-int4"
-'''
+FP32 = {"name": "model-fp32", "format": "onnx", "precision": "fp32"}
+INT8 = {"name": "model", "format": "onnx", "precision": "int8", "quantization": "dynamic-per-channel", "primary": True}
+INT4 = {"name": "model-int4", "format": "onnx", "precision": "int4", "quantization": "block-int4"}
 FILES = {"fp32": "model-fp32.onnx", "int8": "model.onnx", "int4": "model-int4.onnx"}
 # parameter names of the compressed layers (edgecomp.compress.layers); quantizers keep them as prefixes
 FACTOR_NAMES = ("lowrank_u", "lowrank_v", "kron_a", "kron_b", "latent", "decoder", "ae_latent_t", "ae_latent",
@@ -85,28 +52,13 @@ def missing_factors(model: onnx.ModelProto, compress_report: dict) -> list[str]:
     return missing
 
 
-def _export(model_dir, target, out, recipe, texts, *flags) -> dict:
-    res = runner.invoke(app, ["export", str(model_dir), "--target", str(target), "--recipe", str(recipe),
-                              "--texts", str(texts), "-o", str(out), "--no-bench", *flags])
-    assert res.exit_code == 0, res.output
-    return json.loads((out / "manifest.json").read_text())
-
-
 @pytest.fixture(scope="module")
-def texts(unseen_texts, tmp_path_factory):
-    """Verification texts: a few are enough to compare two artifacts of one model (the built-in 240 take longer)."""
-    p = tmp_path_factory.mktemp("texts") / "texts.txt"
-    p.write_text("\n".join(unseen_texts[:16]) + "\n")
-    return p
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_bert_dir, texts, tmp_path_factory):
+def exported(tiny_bert_dir, few_texts, tmp_path_factory):
     d = tmp_path_factory.mktemp("fn")
     (d / "recipe.toml").write_text(RECIPE)
-    (d / "target.toml").write_text(TARGET)
-    plain = _export(tiny_bert_dir, d / "target.toml", d / "plain", d / "recipe.toml", texts)
-    custom = _export(tiny_bert_dir, d / "target.toml", d / "custom", d / "recipe.toml", texts, "--custom-ops")
+    target = open_target(d / "three.toml", [FP32, INT8, INT4])  # fp32, int8 and int4 from one export
+    plain = export_cli(tiny_bert_dir, target, d / "plain", d / "recipe.toml", few_texts)
+    custom = export_cli(tiny_bert_dir, target, d / "custom", d / "recipe.toml", few_texts, "--custom-ops")
     return {"plain": (d / "plain", plain), "custom": (d / "custom", custom)}
 
 
@@ -151,7 +103,7 @@ def test_onnxslim_keeps_factorizations(exported, precision):
     assert missing_factors(onnx.load(str(out / FILES[precision])), manifest["compression"]) == []
 
 
-def test_decode_lowering_is_refolded_unless_the_recipe_keeps_it(tiny_bert_dir, texts, tmp_path):
+def test_decode_lowering_is_refolded_unless_the_recipe_keeps_it(tiny_bert_dir, few_texts, tmp_path):
     """Lowering (a) only keeps its storage gain if nothing constant-folds it: the pipeline's simplification
     re-densifies it, detected here, and a recipe with `keep_factorized = true` ships it factorized (the
     exporter renames the factors `onnx::MatMul_N`, so what is compared is the bytes of the layers)."""
@@ -169,8 +121,8 @@ def test_decode_lowering_is_refolded_unless_the_recipe_keeps_it(tiny_bert_dir, t
     (tmp_path / "recipe.toml").write_text(
         'description = "decode"\nkeep_factorized = true\n'
         'steps = [{method = "ae-weights", latent_dim = 8, steps = 2, lowering = "decode"}]\n')
-    (tmp_path / "target.toml").write_text(FP32_ONLY)
-    m = _export(tiny_bert_dir, tmp_path / "target.toml", tmp_path / "o", tmp_path / "recipe.toml", texts)
+    target = open_target(tmp_path / "fp32.toml", [{**FP32, "primary": True}])
+    m = export_cli(tiny_bert_dir, target, tmp_path / "o", tmp_path / "recipe.toml", few_texts)
     (fp32,) = m["artifacts"]
     assert fp32["simplify"]["constant_folding"] is False
     assert fp32["metrics"]["fidelity"]["n_texts"] == 16  # it loaded, ran and was compared with PyTorch
