@@ -11,10 +11,14 @@ exports, quantizes or runs on its own.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from typer.testing import CliRunner
+
+from edgecomp.cli import app
 
 from edgecomp.lower.onnx import export_module_onnx
 from edgecomp.lower.wrap import PositionalModel
@@ -56,12 +60,6 @@ def _toml(v) -> str:
 
 def export_cli(model_dir: Path, target: Path, out: Path, recipe: Path, texts: Path, *flags: str) -> dict:
     """`edgecomp export MODEL_DIR --target T --recipe R --texts X -o OUT --no-bench FLAGS`; its manifest."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from edgecomp.cli import app
-
     res = CliRunner().invoke(app, ["export", str(model_dir), "--target", str(target), "--recipe", str(recipe),
                                    "--texts", str(texts), "-o", str(out), "--no-bench", *flags])
     assert res.exit_code == 0, res.output
@@ -75,18 +73,17 @@ def hidden_states(artifact, feeds: dict) -> np.ndarray:
     return runner.run(arrays)["last_hidden_state"]
 
 
-def lower_module_outputs(model, inputs: dict, output_names: list[str], path: Path, simplify: bool = True) -> Path:
+def lower_module_outputs(model, inputs: dict, output_names: list[str], path: Path) -> Path:
     """``model(**inputs)[output_names]`` as ONNX: every axis of an integer input dynamic, every axis but the
     last of a float one; then onnxslim as the pipeline runs it (constant folding included)."""
     path = Path(path)
     names = list(inputs)
     axes = {n: {i: f"{n}_{i}" for i in range(t.dim() - (1 if t.is_floating_point() else 0))} for n, t in inputs.items()}
-    raw = path.with_name(f"{path.stem}.raw.onnx") if simplify else path
+    raw = path.with_name(f"{path.stem}.raw.onnx")
     export_module_onnx(PositionalModel(model, names, output_names).eval(), tuple(inputs.values()), names,
                        output_names, axes, raw)
-    if simplify:
-        simplify_onnx(raw, path)
-        raw.unlink()
+    simplify_onnx(raw, path)
+    raw.unlink()
     return path
 
 
