@@ -46,6 +46,14 @@ def unseen_texts() -> list[str]:
     return [ln for ln in UNSEEN.read_text().splitlines() if ln.strip()]
 
 
+@pytest.fixture(scope="session")
+def few_texts(unseen_texts, tmp_path_factory) -> Path:
+    """A 16-line text file for `--texts`: enough to compare artifacts of a tiny model (the built-in 240 take longer)."""
+    p = tmp_path_factory.mktemp("texts") / "few.txt"
+    p.write_text("\n".join(unseen_texts[:16]) + "\n")
+    return p
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny matmuls: threads only add contention on the shared 2-core runners (26 s -> 2 s measured)."""

@@ -66,8 +66,7 @@ def test_refused_with_message(step, words):
     assert words in msg and "Fix:" in msg and "\n" not in msg
     if "method" in step and step["method"] != "prune":
         after = model.state_dict()  # refused before touching the model
-        if set(after) == set(before):
-            assert all(torch.equal(before[n], after[n]) for n in before)
+        assert set(after) == set(before) and all(torch.equal(before[n], after[n]) for n in before)
 
 
 def test_whole_recipe_is_validated_before_the_first_step():

