@@ -103,6 +103,9 @@ def main() -> None:
     ap.add_argument("--early-exit-dir", default=None, help="--through-run: an `edgecomp export --early-exit` folder")
     ap.add_argument("--full-dir", default=None, help="--through-run: the full export of the same model and target")
     ap.add_argument("--repeats", type=int, default=3, help="--through-run: timed repeats (medians)")
+    ap.add_argument("--compare-checkout", default=None,
+                    help="--through-run: also time the early-exit export's `run` with this checkout on PYTHONPATH "
+                         "(before/after side by side)")
     args = ap.parse_args()
     if args.through_run:
         return through_run(args)
@@ -263,15 +266,23 @@ def through_run(args) -> None:
     eval_set = sentences(read_labelled_tsv(Path(args.eval_data)))
     if args.limit:
         eval_set = eval_set.subset(range(min(args.limit, len(eval_set))))
+    envs = {}
+    if args.compare_checkout:
+        exports["early-exit@compared"] = exports["early-exit"]
+        envs["early-exit@compared"] = {"PYTHONPATH": str(Path(args.compare_checkout).resolve())}
     log(f"timing `edgecomp run --batch-size 1` on {len(eval_set)} dev sentences, {args.repeats} repeats")
-    res = run_timing.measure_through_run(exports, eval_set, repeats=args.repeats, threads=args.threads, log=log)
+    res = run_timing.measure_through_run(exports, eval_set, repeats=args.repeats, threads=args.threads, log=log,
+                                         envs=envs)
+    res["compared_checkout"] = args.compare_checkout
     res["eval"] = {"data": args.eval_data, "min_words": 10}
+    res["model"], res["target"] = args.model, args.target
     res["machine"] = {"platform": platform.platform(), "loadavg": os.getloadavg()}
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     stem = f"bench_early_exit_run{('-' + args.tag) if args.tag else ''}"
     (outdir / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = run_timing.markdown(res)
+    md = run_timing.markdown(res, title=f"Early exit through `edgecomp run --batch-size 1`: {Path(args.model).stem}, "
+                                        f"{args.target}")
     (outdir / f"{stem}.md").write_text(md)
     print(md)
 

@@ -280,7 +280,10 @@ def test_run_gives_what_the_stage_runner_gives(cli_export, tiny, tmp_path):
     assert [g["index"] for g in got] == list(range(len(texts)))
     assert [(g["label"], g["probs"], g["exit_layer"]) for g in got] == [(e["label"], e["probs"], e["exit_layer"]) for e in ref]
     assert [g["truncated"] for g in got] == [False] * len(tiny["texts"]) + [True]
-    assert len({g["exit_layer"] for g in got}) >= 1 and all(1 <= g["exit_layer"] <= 3 for g in got)
+    assert all(1 <= g["exit_layer"] <= 3 for g in got)
+    # the manifest lists the stage set run uses (the target's primary, int8) first, so run checks that file
+    first = json.loads((cli_export / "manifest.json").read_text())["artifacts"][0]
+    assert (first["path"], first["primary"]) == ("stages/model.stage0.onnx", True)
 
 
 def test_run_imports_neither_transformers_nor_torch(cli_export, tmp_path):
@@ -296,6 +299,28 @@ def test_run_imports_neither_transformers_nor_torch(cli_export, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
     assert '"exit_layer"' in (tmp_path / "out.jsonl").read_text()
+
+
+def test_run_timing_scores_what_run_printed(cli_export, tiny):
+    """The through-`run` benchmark (scripts/bench_early_exit.py --through-run): accuracy is the labels
+    `edgecomp run` printed against the file's labels; per-sentence time and loading come from T_N and T_1."""
+    from edgecomp.early_exit.data import Labelled
+    from edgecomp.early_exit.run_timing import measure_through_run
+    from edgecomp.early_exit.runtime import EarlyExitRunner
+
+    rng = random.Random(1)
+    rows = [_sentence(rng) for _ in range(5)]
+    data = Labelled([t for t, _ in rows], [y for _, y in rows])
+    res = measure_through_run({"full": cli_export, "early-exit": cli_export}, data, repeats=1)
+    recs = EarlyExitRunner(cli_export, tokenizer=tiny["loaded"].tokenizer).classify(data.texts, batch_size=1)
+    acc = np.mean([int(np.argmax(r["probs"])) == y for r, y in zip(recs, data.labels)])
+    for r in res["rows"].values():
+        assert r["accuracy"] == pytest.approx(acc) and len(r["t_all_s"]) == len(r["t_one_s"]) == 1
+        assert r["per_sentence_ms"] == pytest.approx(1000 * (r["t_all_s"][0] - r["t_one_s"][0]) / 4)
+        assert r["load_s"] == pytest.approx(r["t_one_s"][0] - r["per_sentence_ms"] / 1000)
+        assert r["mean_exit_layer"] == pytest.approx(np.mean([x["exit_layer"] for x in recs]))
+    assert res["summary"]["drop_points"] == 0.0 and res["summary"]["agreement"] == 1.0
+    assert "run OUT --input sentences.txt --output out.jsonl --batch-size 1 --threads 1" in res["command"]
 
 
 def test_not_an_early_exit_export(tmp_path):
