@@ -323,6 +323,18 @@ def test_run_timing_scores_what_run_printed(cli_export, tiny):
     assert "run OUT --input sentences.txt --output out.jsonl --batch-size 1 --threads 1" in res["command"]
 
 
+@pytest.mark.parametrize("path, ok", [("model.onnx", True), ("stages/model.stage0.onnx", True), ("../model.onnx", False),
+                                      ("/tmp/model.onnx", False), ("stages/../../x.onnx", False), ("./model.onnx", False),
+                                      ("stages\\model.onnx", False), ("C:/model.onnx", False), ("", False)])
+def test_manifest_names_files_inside_its_folder_only(path, ok):
+    """Early-exit stages live in stages/: a manifest may name them, never a file outside the folder."""
+    from edgecomp.manifest import missing_keys
+
+    m = {"edgecomp_version": "x", "model": {"name": "m", "task": "text-classification"}, "target": {"name": "t"},
+         "artifacts": [{"path": path, "format": "onnx", "precision": "int8", "sha256": "0", "size_bytes": 1}]}
+    assert missing_keys(m) == (None if ok else "artifacts[0].path inside the folder")
+
+
 def test_not_an_early_exit_export(tmp_path):
     from edgecomp.early_exit.runtime import EarlyExitRunner
 
