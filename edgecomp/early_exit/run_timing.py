@@ -33,7 +33,7 @@ CONFIGS = ("full", "early-exit")
 
 def run_command(export_dir: Path, input_file: Path, output_file: Path, threads: int = 1) -> list[str]:
     """The exact command a user types (``python -m edgecomp`` so the interpreter under test is this one)."""
-    return [sys.executable, "-m", "edgecomp", "run", str(export_dir), "--input", str(input_file),
+    return [sys.executable, "-m", "edgecomp", "run", str(Path(export_dir).resolve()), "--input", str(input_file),
             "--output", str(output_file), "--batch-size", "1", "--threads", str(threads)]
 
 
@@ -42,7 +42,9 @@ def timed_run(export_dir: Path, input_file: Path, output_file: Path, threads: in
     """(wall seconds of one `edgecomp run` process, its records); ``env`` adds to this process's environment."""
     cmd = run_command(export_dir, input_file, output_file, threads)
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env} if env else None)
+    # cwd: `python -m` puts the working folder first on sys.path, which would shadow PYTHONPATH's checkout
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env} if env else None,
+                          cwd=Path(input_file).resolve().parent)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise EdgecompError(f"`{' '.join(cmd[2:])}` failed ({(proc.stderr or proc.stdout).strip()[:300]})",
