@@ -33,14 +33,14 @@ CONFIGS = ("full", "early-exit")
 
 def run_command(export_dir: Path, input_file: Path, output_file: Path, threads: int = 1) -> list[str]:
     """The exact command a user types (``python -m edgecomp`` so the interpreter under test is this one)."""
-    return [sys.executable, "-m", "edgecomp", "run", str(Path(export_dir).resolve()), "--input", str(input_file),
+    return [sys.executable, "-m", "edgecomp", "run", str(export_dir), "--input", str(input_file),
             "--output", str(output_file), "--batch-size", "1", "--threads", str(threads)]
 
 
 def timed_run(export_dir: Path, input_file: Path, output_file: Path, threads: int = 1,
               env: dict | None = None) -> tuple[float, list[dict]]:
     """(wall seconds of one `edgecomp run` process, its records); ``env`` adds to this process's environment."""
-    cmd = run_command(export_dir, input_file, output_file, threads)
+    cmd = run_command(Path(export_dir).resolve(), input_file, output_file, threads)
     t = time.perf_counter()
     # cwd: `python -m` puts the working folder first on sys.path, which would shadow PYTHONPATH's checkout
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env} if env else None,
