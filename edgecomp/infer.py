@@ -202,14 +202,17 @@ def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_l
 
 def _run_early_exit(export_dir, texts, threads, summary) -> list[dict]:
     """Stages in order, stopping at the first confident exit (edgecomp.early_exit.runtime). The stages
-    quantize activations per tensor, so each text runs alone and its result is its own."""
+    quantize activations per tensor, so each text runs alone and its result is its own. Tokenized like
+    the encoder path (tokenizers, all texts at once; transformers is never imported), and stages open as
+    texts first reach them; ``latency_ms`` counts a text's stages."""
     from .early_exit.runtime import EarlyExitRunner
 
     runner = EarlyExitRunner(export_dir, threads=threads)
-    lengths = [len(ids) for ids in runner.tokenizer(texts, truncation=False)["input_ids"]]
+    encode = TextEncoder(export_dir, runner.max_length)
+    encs = encode.encode(texts)
     summary.max_length = runner.max_length
-    summary.truncated = sum(n > runner.max_length for n in lengths)
-    return [{**runner.classify([t], batch_size=1)[0], "truncated": n > runner.max_length} for t, n in zip(texts, lengths)]
+    summary.truncated = sum(bool(e.overflowing) for e in encs)
+    return [{**runner.run_feeds(encode.feeds([e]))[0], "truncated": bool(e.overflowing)} for e in encs]
 
 
 def _write_lines(lines: list[str], output_file: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import EdgecompError
 
@@ -72,6 +72,13 @@ REQUIRED_TARGET = {"name": str}
 REQUIRED_ARTIFACT = {"path": str, "format": str, "precision": str, "sha256": str, "size_bytes": int}
 
 
+def _inside(path: str) -> bool:
+    """A relative path that stays in the folder: no root, drive, '..' or empty part, and written plainly."""
+    p = PurePosixPath(path)
+    return (bool(path) and "\\" not in path and ":" not in path and not p.is_absolute()
+            and ".." not in p.parts and str(p) == path)
+
+
 def missing_keys(data) -> str | None:
     """The first required key a manifest lacks (or holds with the wrong type), as a dotted path; else None."""
     def first(obj, required, prefix):
@@ -94,7 +101,7 @@ def missing_keys(data) -> str | None:
         gap = first(rec, REQUIRED_ARTIFACT, f"artifacts[{i}].")
         if gap:
             return gap
-        if Path(rec["path"]).name != rec["path"]:  # a manifest names files in its own folder, nothing else
+        if not _inside(rec["path"]):  # a manifest names files in its own folder (early-exit stages: stages/), nothing else
             return f"artifacts[{i}].path inside the folder"
     return None
 

@@ -12,6 +12,13 @@ thread, with tokenization included in every timing:
 all interleaved sentence by sentence so machine load hits every configuration alike. Also compares the
 ``plain`` and ``ztw`` exit heads (PyTorch, same rows, same budget). Writes JSON + Markdown + a PNG plot
 to results/early_exit/.
+
+    python scripts/bench_early_exit.py --through-run [--early-exit-dir OUT1 --full-dir OUT2] [--repeats 3]
+
+times instead what a user meets: `edgecomp run --batch-size 1` in fresh processes on the dev sentences, the
+early-exit export against the full export of the same classifier on the same target (exported first with
+`edgecomp export` when no folders are given): steady per-sentence time, accuracy and loading
+(edgecomp.early_exit.run_timing). Writes bench_early_exit_run[-TAG].json/.md.
 """
 
 from __future__ import annotations
@@ -92,7 +99,16 @@ def main() -> None:
     ap.add_argument("--build-dir", default=str(cache_dir() / "bench-early-exit"))
     ap.add_argument("--out", default=str(ROOT / "results" / "early_exit"))
     ap.add_argument("--tag", default="", help="suffix for the result files")
+    ap.add_argument("--through-run", action="store_true", help="time `edgecomp run --batch-size 1` processes instead")
+    ap.add_argument("--early-exit-dir", default=None, help="--through-run: an `edgecomp export --early-exit` folder")
+    ap.add_argument("--full-dir", default=None, help="--through-run: the full export of the same model and target")
+    ap.add_argument("--repeats", type=int, default=3, help="--through-run: timed repeats (medians)")
+    ap.add_argument("--compare-checkout", default=None,
+                    help="--through-run: also time the early-exit export's `run` with this checkout on PYTHONPATH "
+                         "(before/after side by side)")
     args = ap.parse_args()
+    if args.through_run:
+        return through_run(args)
 
     import torch
 
@@ -230,6 +246,45 @@ def main() -> None:
     (outdir / f"{stem}.md").write_text(markdown(out, L))
     plot(out, outdir / f"{stem}.png")
     print(markdown(out, L))
+
+
+def through_run(args) -> None:
+    import subprocess
+
+    from edgecomp.early_exit import run_timing
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    exports = {}
+    for name, given, flags in (("full", args.full_dir, []), ("early-exit", args.early_exit_dir, ["--early-exit"])):
+        out = Path(given) if given else Path(args.build_dir) / f"run-{name}"
+        if not (out / "manifest.json").is_file():
+            cmd = [sys.executable, "-m", "edgecomp", "export", args.model, "--target", args.target, *flags,
+                   "--no-bench", "--force", "-o", str(out)]
+            log(f"exporting: {' '.join(cmd[2:])}")
+            subprocess.run(cmd, check=True)
+        exports[name] = out
+    eval_set = sentences(read_labelled_tsv(Path(args.eval_data)))
+    if args.limit:
+        eval_set = eval_set.subset(range(min(args.limit, len(eval_set))))
+    envs = {}
+    if args.compare_checkout:
+        exports["early-exit@compared"] = exports["early-exit"]
+        envs["early-exit@compared"] = {"PYTHONPATH": str(Path(args.compare_checkout).resolve())}
+    log(f"timing `edgecomp run --batch-size 1` on {len(eval_set)} dev sentences, {args.repeats} repeats")
+    res = run_timing.measure_through_run(exports, eval_set, repeats=args.repeats, threads=args.threads, log=log,
+                                         envs=envs)
+    res["compared_checkout"] = args.compare_checkout
+    res["eval"] = {"data": args.eval_data, "min_words": 10}
+    res["model"], res["target"] = args.model, args.target
+    res["machine"] = {"platform": platform.platform(), "loadavg": os.getloadavg()}
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stem = f"bench_early_exit_run{('-' + args.tag) if args.tag else ''}"
+    (outdir / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = run_timing.markdown(res, title=f"Early exit through `edgecomp run --batch-size 1`: {Path(args.model).stem}, "
+                                        f"{args.target}")
+    (outdir / f"{stem}.md").write_text(md)
+    print(md)
 
 
 def markdown(out: dict, L: int) -> str:

@@ -69,7 +69,8 @@ def tiny(tmp_path_factory):
     target_path.write_text(TARGET)
     spec = ModelSpec(name="tiny", task="text-classification", source={"kind": "local", "path": str(model_dir)})
     return {"root": root, "loaded": LoadedModel(spec, model_dir, model, tok), "data": data,
-            "target": load_target(str(target_path)), "texts": [t for t, _ in rows[:40]]}
+            "target": load_target(str(target_path)), "texts": [t for t, _ in rows[:40]],
+            "model_dir": model_dir, "target_path": target_path}
 
 
 def _export(tiny, kind: str, name: str, monkeypatch_env=None):
@@ -223,8 +224,120 @@ def test_foreign_stage_with_forged_checksum_is_refused_by_export_id(tiny, tmp_pa
     desc = json.loads((copy / "early_exit.json").read_text())
     desc["stage_sets"]["model.onnx"]["stages"][2]["sha256"] = sha256(copy / "stages" / "model.stage2.onnx")
     (copy / "early_exit.json").write_text(json.dumps(desc))
+    runner = EarlyExitRunner(copy, "model.onnx", tau=1.0, tokenizer=tiny["loaded"].tokenizer)
+    with pytest.raises(EdgecompError, match="another export"):  # when the stage opens: the first text reaching it
+        runner.classify(tiny["texts"][:1])
     with pytest.raises(EdgecompError, match="another export"):
-        EarlyExitRunner(copy, "model.onnx")
+        EarlyExitRunner(copy, "model.onnx", lazy=False)
+
+
+def test_stages_open_when_a_text_first_reaches_them(exported, tiny):
+    """A text that exits at stage 1 opens stage 1 only; later stages open when a text gets there, and
+    what a text gets does not depend on which stages were open before."""
+    from edgecomp.early_exit.runtime import EarlyExitRunner
+
+    _, out, _ = exported
+    tok = tiny["loaded"].tokenizer
+    runner = EarlyExitRunner(out, "model.onnx", tau=0.0, tokenizer=tok)
+    assert runner.opened_stages == []
+    first = runner.classify(tiny["texts"], batch_size=1)
+    assert {r["exit_layer"] for r in first} == {1} and runner.opened_stages == [0]
+    runner.tau = 1.0
+    full = runner.classify(tiny["texts"][:3], batch_size=1)
+    assert [r["exit_layer"] for r in full] == [3] * 3 and runner.opened_stages == [0, 1, 2]
+    eager = EarlyExitRunner(out, "model.onnx", tau=1.0, tokenizer=tok, lazy=False)
+    assert eager.opened_stages == [0, 1, 2]
+    assert [r["probs"] for r in eager.classify(tiny["texts"][:3], batch_size=1)] == [r["probs"] for r in full]
+
+
+@pytest.fixture(scope="module")
+def cli_export(tiny):
+    """`edgecomp export DIR --early-exit` on the tiny classifier, as a user runs it."""
+    from typer.testing import CliRunner
+
+    from edgecomp.cli import app
+
+    out = tiny["root"] / "cli-export"
+    r = CliRunner().invoke(app, ["export", str(tiny["model_dir"]), "--target", str(tiny["target_path"]), "--early-exit",
+                                 "--exit-data", str(tiny["data"]), "--no-bench", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_run_gives_what_the_stage_runner_gives(cli_export, tiny, tmp_path):
+    """`edgecomp run OUT --batch-size 1` (tokenizers, stages opened as reached) gives, text by text, the
+    records of the stage runner on the model's own transformers tokenizer with every stage open."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgecomp.cli import app
+    from edgecomp.early_exit.runtime import EarlyExitRunner
+
+    long_text = " ".join(WORDS * 6)  # > 128 tokens: cut at the export's max_length
+    texts = tiny["texts"] + [long_text]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    r = CliRunner().invoke(app, ["run", str(cli_export), "--input", str(tmp_path / "in.txt"), "--output",
+                                 str(tmp_path / "out.jsonl"), "--batch-size", "1"])
+    assert r.exit_code == 0, r.output
+    got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    ref = EarlyExitRunner(cli_export, tokenizer=tiny["loaded"].tokenizer, lazy=False).classify(texts, batch_size=1)
+    assert [g["index"] for g in got] == list(range(len(texts)))
+    assert [(g["label"], g["probs"], g["exit_layer"]) for g in got] == [(e["label"], e["probs"], e["exit_layer"]) for e in ref]
+    assert [g["truncated"] for g in got] == [False] * len(tiny["texts"]) + [True]
+    assert all(1 <= g["exit_layer"] <= 3 for g in got)
+    # the manifest lists the stage set run uses (the target's primary, int8) first, so run checks that file
+    first = json.loads((cli_export / "manifest.json").read_text())["artifacts"][0]
+    assert (first["path"], first["primary"]) == ("stages/model.stage0.onnx", True)
+
+
+def test_run_imports_neither_transformers_nor_torch(cli_export, tmp_path):
+    """The on-device path: loading an early-exit export costs ONNX Runtime and tokenizers, nothing more."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in.txt").write_text("the film was really good\n")
+    code = ("import sys; from edgecomp.infer import run_file; "
+            f"run_file({str(cli_export)!r}, {str(tmp_path / 'in.txt')!r}, {str(tmp_path / 'out.jsonl')!r}, batch_size=1); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert '"exit_layer"' in (tmp_path / "out.jsonl").read_text()
+
+
+def test_run_timing_scores_what_run_printed(cli_export, tiny):
+    """The through-`run` benchmark (scripts/bench_early_exit.py --through-run): accuracy is the labels
+    `edgecomp run` printed against the file's labels; per-sentence time and loading come from T_N and T_1."""
+    from edgecomp.early_exit.data import Labelled
+    from edgecomp.early_exit.run_timing import measure_through_run
+    from edgecomp.early_exit.runtime import EarlyExitRunner
+
+    rng = random.Random(1)
+    rows = [_sentence(rng) for _ in range(5)]
+    data = Labelled([t for t, _ in rows], [y for _, y in rows])
+    res = measure_through_run({"full": cli_export, "early-exit": cli_export}, data, repeats=1)
+    recs = EarlyExitRunner(cli_export, tokenizer=tiny["loaded"].tokenizer).classify(data.texts, batch_size=1)
+    acc = np.mean([int(np.argmax(r["probs"])) == y for r, y in zip(recs, data.labels)])
+    for r in res["rows"].values():
+        assert r["accuracy"] == pytest.approx(acc) and len(r["t_all_s"]) == len(r["t_one_s"]) == 1
+        assert r["per_sentence_ms"] == pytest.approx(1000 * (r["t_all_s"][0] - r["t_one_s"][0]) / 4)
+        assert r["load_s"] == pytest.approx(r["t_one_s"][0] - r["per_sentence_ms"] / 1000)
+        assert r["mean_exit_layer"] == pytest.approx(np.mean([x["exit_layer"] for x in recs]))
+    assert res["summary"]["drop_points"] == 0.0 and res["summary"]["agreement"] == 1.0
+    assert "run OUT --input sentences.txt --output out.jsonl --batch-size 1 --threads 1" in res["command"]
+
+
+@pytest.mark.parametrize("path, ok", [("model.onnx", True), ("stages/model.stage0.onnx", True), ("../model.onnx", False),
+                                      ("/tmp/model.onnx", False), ("stages/../../x.onnx", False), ("./model.onnx", False),
+                                      ("stages\\model.onnx", False), ("C:/model.onnx", False), ("", False)])
+def test_manifest_names_files_inside_its_folder_only(path, ok):
+    """Early-exit stages live in stages/: a manifest may name them, never a file outside the folder."""
+    from edgecomp.manifest import missing_keys
+
+    m = {"edgecomp_version": "x", "model": {"name": "m", "task": "text-classification"}, "target": {"name": "t"},
+         "artifacts": [{"path": path, "format": "onnx", "precision": "int8", "sha256": "0", "size_bytes": 1}]}
+    assert missing_keys(m) == (None if ok else "artifacts[0].path inside the folder")
 
 
 def test_not_an_early_exit_export(tmp_path):

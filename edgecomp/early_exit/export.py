@@ -347,6 +347,8 @@ def export_early_exit(loaded, target, build_dir: Path, max_accuracy_drop: float 
         for i, p in enumerate(paths):
             artifacts.append(_artifact_entry(build_dir, p, a, stages[i].io.inputs, stages[i].io.outputs,
                                              role="early-exit-stage", stage=i, fidelity=fidelity[key][i]))
+            # the stage set `edgecomp run OUT` uses comes first in the manifest, like any primary artifact
+            artifacts[-1]["primary"] = key == _primary_key(target, files)
 
     # 5. the static sub-model (first k layers + head k), when shallower than the full model
     depth_files = {}

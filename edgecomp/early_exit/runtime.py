@@ -4,7 +4,8 @@
 (ONNX, ORT format or TFLite), checks that every stage file is there and belongs to this export, and
 classifies texts: ``{"label", "probs", "exit_layer", "latency_ms"}`` per text. A batch runs only the
 stages that some text in it still needs: rows that exited are dropped, and so is padding no remaining
-row uses.
+row uses. A stage's session is created when a text first reaches it, so loading costs what the texts
+use: most sentences exit at stage 1, and a run whose texts all exit there never opens the others.
 """
 
 from __future__ import annotations
@@ -100,8 +101,13 @@ def _export_id_of(runner) -> str | None:
 
 
 class EarlyExitRunner:
+    """Stages open on first use (``lazy``, the default): a text that exits at stage 1 never pays for
+    opening stages 2..L, and a run opens only the stages its texts reach. Every stage file is checked
+    for presence and checksum up front, so a broken export is refused before any text runs; the export id
+    inside a stage is checked when that stage opens. ``lazy=False`` opens every stage at once."""
+
     def __init__(self, export_dir: str | Path, stage_set: str | None = None, threads: int | None = 1,
-                 tau: float | None = None, tokenizer=None):
+                 tau: float | None = None, tokenizer=None, lazy: bool = True):
         self.export_dir = Path(export_dir)
         self.block = read_descriptor(self.export_dir)
         sets = self.block["stage_sets"]
@@ -110,7 +116,8 @@ class EarlyExitRunner:
         self.tau = float(self.block["tau"] if tau is None else tau)
         self.labels = self.block["label_names"]
         self.max_length = int(self.block.get("max_length", 128))
-        self.ios, self.runners = [], []
+        self.threads = threads
+        self.ios, self._paths = [], []
         for e in entries:
             p = self.export_dir / e["path"]
             if not p.is_file():
@@ -120,15 +127,34 @@ class EarlyExitRunner:
                 raise EdgecompError(f"early-exit stage {e['index']} ({e['path']}) does not belong to this export "
                                     "(its checksum differs from early_exit.json)",
                                     "use the stage files written together with this early_exit.json, or re-export")
-            runner = TFLiteStageRunner(p, threads) if p.suffix == ".tflite" else open_artifact(p, threads)
+            self.ios.append((tuple(e["inputs"]), tuple(e["outputs"])))
+            self._paths.append(p)
+        self._opened: list = [None] * len(entries)
+        self._tokenizer = tokenizer
+        if not lazy:
+            self.runners  # noqa: B018  (opens every stage)
+
+    def stage(self, i: int):
+        """The runner of stage ``i``, opened (and its export id checked) the first time it is asked for."""
+        if self._opened[i] is None:
+            p = self._paths[i]
+            runner = TFLiteStageRunner(p, self.threads) if p.suffix == ".tflite" else open_artifact(p, self.threads)
             found = _export_id_of(runner)
             if found is not None and found != self.block["export_id"]:
-                raise EdgecompError(f"early-exit stage {e['index']} ({e['path']}) comes from another export "
+                raise EdgecompError(f"early-exit stage {i} ({p.relative_to(self.export_dir)}) comes from another export "
                                     f"(export id {found[:8]}, expected {self.block['export_id'][:8]})",
                                     "use the stage files written together with this early_exit.json, or re-export")
-            self.ios.append((tuple(e["inputs"]), tuple(e["outputs"])))
-            self.runners.append(runner)
-        self._tokenizer = tokenizer
+            self._opened[i] = runner
+        return self._opened[i]
+
+    @property
+    def opened_stages(self) -> list[int]:
+        return [i for i, r in enumerate(self._opened) if r is not None]
+
+    @property
+    def runners(self) -> list:
+        """Every stage's runner (opens those not open yet)."""
+        return [self.stage(i) for i in range(len(self._opened))]
 
     @staticmethod
     def _pick_set(block: dict, sets: dict, wanted: str | None) -> str:
@@ -156,7 +182,7 @@ class EarlyExitRunner:
 
     @property
     def n_layers(self) -> int:
-        return len(self.runners)
+        return len(self.ios)
 
     def classify(self, texts: list[str], batch_size: int = 32) -> list[dict]:
         out = []
@@ -175,8 +201,8 @@ class EarlyExitRunner:
         cur = dict(feeds)
         crop = getattr(self._tokenizer, "padding_side", "right") == "right"
         last = self.n_layers - 1
-        for i, ((inputs, _), runner) in enumerate(zip(self.ios, self.runners)):
-            out = runner.run({k: cur[k] for k in inputs})
+        for i, (inputs, _) in enumerate(self.ios):
+            out = self.stage(i).run({k: cur[k] for k in inputs})
             probs = softmax(out["logits"].astype(np.float64))
             if i == last or self.tau <= 0:
                 done = np.ones(len(active), bool)
