@@ -1,0 +1,337 @@
+"""What a device process pays for one artifact: the native probe (edgecomp/bench/native/probe.c).
+
+The Python memory probe (edgecomp.bench.memory) measures a fresh interpreter, which with onnxruntime
+imported already peaks at ~47 MB before a model is loaded. An app runs the runtime from C++/Java, so
+``native_block`` runs the artifact through the runtime's own C API in a small C program (built here with
+the system C compiler, once per source version) and records:
+
+    peak_rss_mb, rss_mb {start, loaded, first_run, runs}, anon_mb / file_mb / shmem_mb (at the peak stage),
+    load_ms, first_run_ms, latency_ms {p50, p90}, threads, seq_len, session_options, runtime
+
+``arm64_native_block`` runs the aarch64 build of the same probe under qemu-aarch64 on the aarch64
+runtime libraries of the emulation environment (edgecomp.bench.arm64): guest memory only (the
+emulator's own is excluded, as in arm64.py), and guest instructions per inference instead of latency.
+
+Both also return the outputs (not for the manifest): the probe is checked against PyTorch like the Python
+runners are. Session options per format live in ``SESSION_OPTIONS``: what the artifact is meant to run
+with (recorded in the manifest so an app can use the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgecompError
+
+SOURCE = Path(__file__).with_name("native") / "probe.c"
+CACHE = Path(os.environ.get("EDGECOMP_CACHE", Path.home() / ".cache" / "edgecomp")) / "probe"
+# compiler per target machine; the host's own is the system `cc`
+COMPILERS = {"x86_64": "cc", "aarch64": "aarch64-linux-gnu-gcc"}
+COMPILER_PACKAGES = {"cc": "gcc libc6-dev", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu"}
+RUNS = 10
+WARMUP = 2
+_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
+
+# The session options each format is meant to run with (probe --option KEY=VALUE; the runners and an
+# app use the same). Chosen by measurement on MiniLM (see the README's native table): each lowers the
+# native footprint and leaves the outputs unchanged.
+SESSION_OPTIONS: dict[str, dict[str, str]] = {
+    "onnx": {},
+    "ort": {},
+    "tflite": {"weight_cache": ":memory"},
+}
+
+
+def _host_machine() -> str:
+    m = platform.machine()
+    return "aarch64" if m in ("arm64", "aarch64") else m
+
+
+def build_probe(machine: str | None = None, force: bool = False) -> Path:
+    """The probe binary for ``machine`` (default: this host), compiled once per source version into
+    ``~/.cache/edgecomp/probe``. A missing compiler is one line saying which package provides it."""
+    machine = machine or _host_machine()
+    if machine == _host_machine():
+        compiler = "cc"
+    elif machine in COMPILERS:
+        compiler = COMPILERS[machine]
+    else:
+        raise EdgecompError(f"no cross compiler known for {machine!r}", f"build on a {machine} host, or use one of {sorted(COMPILERS)}")
+    if shutil.which(compiler) is None:
+        raise EdgecompError(f"no C compiler `{compiler}` to build the native probe for {machine}",
+                            f"install it (Debian/Ubuntu: `apt-get install {COMPILER_PACKAGES.get(compiler, compiler)}`)")
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    out = CACHE / f"{digest}-{machine}" / "edgecomp-probe"
+    if out.is_file() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".edgecomp-probe.{os.getpid()}")
+    proc = subprocess.run([compiler, "-O2", "-std=gnu11", "-Wall", "-o", str(tmp), str(SOURCE), "-ldl"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgecompError(f"building the native probe with {compiler} failed ({tail[:200]})",
+                            f"check that `{compiler}` can build C programs (and that libc headers are installed)")
+    os.replace(tmp, out)
+    return out
+
+
+def runtime_library(suffix: str, site: Path | None = None) -> Path:
+    """libonnxruntime.so (.onnx/.ort) or libLiteRt.so (.tflite) from the installed wheels, or from the
+    wheels installed under ``site`` (the aarch64 guest's site-packages)."""
+    if suffix in (".onnx", ".ort"):
+        pkg, pattern, dist = "onnxruntime", "capi/libonnxruntime.so*", "onnxruntime"
+    elif suffix == ".tflite":
+        pkg, pattern, dist = "ai_edge_litert", "libLiteRt.so", "ai-edge-litert"
+    else:
+        raise EdgecompError(f"no native runtime for {suffix!r}", "pass an .onnx, .ort or .tflite file")
+    if site is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise EdgecompError(f"{dist} is not installed, so the native probe has no runtime for {suffix}",
+                                f"run `pip install {dist}`" + (' (or `pip install -e ".[android]"`)' if suffix == ".tflite" else ""))
+        root = Path(list(spec.submodule_search_locations)[0])
+    else:
+        root = Path(site) / pkg
+    found = sorted(p for p in root.glob(pattern) if p.is_file())
+    if not found:
+        raise EdgecompError(f"{root} has no {pattern} (a {dist} wheel without its shared library?)",
+                            f"reinstall {dist}")
+    return found[0]
+
+
+def write_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """The probe's tensor file: a text header (name dtype rank dims), DATA, then the raw bytes."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    head = [f"EDGEPROBE 1\n{len(arrays)}\n"]
+    for name, a in arrays.items():
+        if a.dtype not in _DTYPES:
+            raise EdgecompError(f"input {name} is {a.dtype}", "feed float32, int32 or int64 arrays")
+        head.append(f"{name} {_DTYPES[a.dtype]} {a.ndim}{''.join(f' {d}' for d in a.shape)}\n")
+    with open(path, "wb") as f:
+        f.write("".join(head).encode() + b"DATA\n")
+        for a in arrays.values():
+            f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def read_tensors(path: Path) -> dict[str, np.ndarray]:
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n", 2)
+    if lines[0] != b"EDGEPROBE 1":
+        raise EdgecompError(f"{path} is not a probe tensor file", "re-run the probe")
+    n = int(lines[1])
+    rest = lines[2]
+    header, pos = [], 0
+    for _ in range(n):
+        end = rest.index(b"\n", pos)
+        name, dtype, rank, *dims = rest[pos:end].decode().split()
+        header.append((name, np.dtype(dtype).newbyteorder("<"), tuple(int(d) for d in dims[: int(rank)])))
+        pos = end + 1
+    if rest[pos:pos + 5] != b"DATA\n":
+        raise EdgecompError(f"{path} has no DATA marker", "re-run the probe")
+    pos += 5
+    out = {}
+    for name, dtype, shape in header:
+        size = int(np.prod(shape)) * dtype.itemsize
+        out[name] = np.frombuffer(rest, dtype=dtype, count=int(np.prod(shape)), offset=pos).reshape(shape).astype(dtype.newbyteorder("="))
+        pos += size
+    return out
+
+
+def _feeds_for(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # LiteRT signatures take int32 token inputs (the exporter's choice); ORT graphs take int64
+    if path.suffix == ".tflite":
+        return {k: np.asarray(v).astype(np.int32) for k, v in feeds.items()}
+    return {k: np.asarray(v) for k, v in feeds.items()}
+
+
+def _command(probe: Path, lib: Path, artifact: Path, tmp: Path, threads: int, runs: int, warmup: int,
+             options: dict[str, str], signature: str | None) -> list[str]:
+    cmd = [str(probe), "--lib", str(lib), "--model", str(artifact), "--inputs", str(tmp / "feeds.bin"),
+           "--outputs", str(tmp / "outputs.bin"), "--threads", str(threads), "--runs", str(runs),
+           "--warmup", str(warmup)]
+    for k, v in options.items():
+        cmd += ["--option", f"{k}={v}"]
+    if signature:
+        cmd += ["--signature", signature]
+    return cmd
+
+
+def _mb(kb: float) -> float:
+    return round(kb / 1024, 1)
+
+
+def _block(result: dict, seq_len: int, options: dict[str, str]) -> dict:
+    rss = result["rss_kb"]
+    peak_stage = max(rss, key=rss.get)
+    block = {
+        "peak_rss_mb": _mb(result["peak_rss_kb"]),
+        "rss_mb": {k: _mb(v) for k, v in rss.items()},
+        "anon_mb": _mb(result["anon_kb"][peak_stage]),
+        "file_mb": _mb(result["file_kb"][peak_stage]),
+        "shmem_mb": _mb(result["shmem_kb"][peak_stage]),
+        "load_ms": round(result["load_ms"], 1),
+        "first_run_ms": round(result["first_run_ms"], 2),
+        "latency_ms": {"p50": round(result["latency_ms"]["p50"], 2), "p90": round(result["latency_ms"]["p90"], 2)},
+        "threads": result["threads"],
+        "runs": result["runs"],
+        "seq_len": seq_len,
+        "session_options": dict(options),
+        "runtime": result["runtime"],
+    }
+    if result.get("signature"):
+        block["signature"] = result["signature"]
+    return block
+
+
+def default_options(path: Path) -> dict[str, str]:
+    return dict(SESSION_OPTIONS.get(Path(path).suffix.lstrip("."), {}))
+
+
+def native_block(artifact: Path, feeds: dict[str, np.ndarray], threads: int = 1, runs: int = RUNS,
+                 warmup: int = WARMUP, options: dict[str, str] | None = None, signature: str | None = None,
+                 timeout_s: float = 600) -> tuple[dict, dict[str, np.ndarray]]:
+    """(the manifest's ``metrics.native`` block, the probe's outputs) for one artifact on this host."""
+    from .memory import _drop_from_page_cache
+
+    artifact = Path(artifact).resolve()
+    if not artifact.is_file():
+        raise EdgecompError(f"artifact {artifact} does not exist", "export it first with `edgecomp export`")
+    options = default_options(artifact) if options is None else dict(options)
+    lib = runtime_library(artifact.suffix)
+    probe = build_probe()
+    feeds = _feeds_for(artifact, feeds)
+    _drop_from_page_cache(artifact)  # measured as after install, not as just written (see memory.py)
+    with tempfile.TemporaryDirectory(prefix="edgecomp-native-") as tmp_name:
+        tmp = Path(tmp_name)
+        write_tensors(tmp / "feeds.bin", feeds)
+        cmd = _command(probe, lib, artifact, tmp, threads, runs, warmup, options, signature)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise EdgecompError(f"the native probe took over {timeout_s:.0f} s on {artifact.name}", "use fewer runs") from None
+        if proc.returncode != 0:
+            raise EdgecompError(f"the native probe failed on {artifact.name} ({_failure(proc.returncode, proc.stderr)})",
+                                "check that the artifact runs with `edgecomp run`")
+        result = _last_json(proc.stdout)
+        outputs = read_tensors(tmp / "outputs.bin")
+    seq_len = int(np.shape(next(iter(feeds.values())))[-1])
+    return _block(result, seq_len, options), outputs
+
+
+def _last_json(text: str) -> dict:
+    # the runtimes may log to the same stream before the probe prints its one JSON line
+    lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise EdgecompError("the native probe printed no result", "re-run it; if it persists, report it")
+    return json.loads(lines[-1])
+
+
+def _failure(returncode: int, stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith("edgecomp-probe:")]
+    if said:
+        return said[-1].removeprefix("edgecomp-probe:").strip()[:300]
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
+    return (lines[-1] if lines else f"exit {returncode}")[:300]
+
+
+def arm64_native_block(artifact: Path, feeds: dict[str, np.ndarray], cpu: str = "cortex-a76", runs: int = 2,
+                       options: dict[str, str] | None = None, signature: str | None = None,
+                       timeout_s: float = 3600) -> tuple[dict, dict[str, np.ndarray]]:
+    """(the manifest's ``arm64.native`` block, the outputs): the aarch64 probe under qemu-aarch64 on the
+    guest's runtime libraries. Memory is the guest's own (host smaps over the guest's mappings at each
+    checkpoint); ``instructions_per_inference`` comes from the insn_count plugin; no latency (emulated
+    milliseconds are not ARM milliseconds)."""
+    from . import arm64
+    from .memory import _drop_from_page_cache
+
+    if cpu not in arm64.EMULATED_CPUS:
+        raise EdgecompError(f"emulated cpu {cpu!r} is not supported", "use cortex-a76 or neoverse-n1")
+    arm64._require_env()
+    artifact = Path(artifact).resolve()
+    if not artifact.is_file():
+        raise EdgecompError(f"artifact {artifact} does not exist", "export it first with `edgecomp export`")
+    options = default_options(artifact) if options is None else dict(options)
+    root = arm64.ARM64_ENV / "rootfs"
+    lib_host = runtime_library(artifact.suffix, site=root / arm64.GUEST_SITE.lstrip("/"))
+    lib_guest = "/" + str(lib_host.relative_to(root))  # qemu -L resolves it inside the rootfs
+    probe = build_probe("aarch64")
+    feeds = _feeds_for(artifact, feeds)
+    _drop_from_page_cache(artifact)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="edgecomp-native-arm64-") as tmp_name:
+        tmp = Path(tmp_name)
+        write_tensors(tmp / "feeds.bin", feeds)
+        (tmp / "maps").mkdir()
+        cmd = ["qemu-aarch64", "-cpu", cpu, "-L", str(root),
+               "-plugin", f"{arm64.ARM64_ENV / 'insn_count.so'},out={tmp / 'counts.txt'}",
+               *_command(probe, Path(lib_guest), artifact, tmp, 1, runs, 1, options, signature),
+               "--checkpoints", str(tmp / "maps")]
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp)}
+        stages = arm64._run_with_checkpoints(cmd, env, tmp, timeout_s, artifact.name, measure=_guest_split_kb)
+        result = _last_json((tmp / "guest.log").read_text(errors="replace"))
+        outputs = read_tensors(tmp / "outputs.bin")
+        counts = arm64._read_counts(tmp / "counts.txt")
+    rss = {stage.replace("-", "_"): v for stage, v in stages.items()}
+    peak_stage = max(rss, key=lambda s: rss[s][0])
+    per_run = [counts[i + 1] - counts[i] for i in range(runs)]
+    block = {
+        "peak_rss_mb": _mb(rss[peak_stage][0]),
+        "rss_mb": {k: _mb(v[0]) for k, v in rss.items()},
+        "anon_mb": _mb(rss[peak_stage][1]),
+        "file_mb": _mb(rss[peak_stage][0] - rss[peak_stage][1]),
+        "instructions_per_inference": int(statistics.median(per_run)),
+        "instructions_load": counts[arm64.LABEL_LOADED] - counts[arm64.LABEL_START],
+        "threads": 1,
+        "seq_len": int(np.shape(next(iter(feeds.values())))[-1]),
+        "session_options": dict(options),
+        "runtime": result["runtime"],
+        "emulated_cpu": cpu,
+        "emulated": True,
+        "emulation_wall_s": round(time.monotonic() - started, 1),  # cost of this check, NOT device latency
+    }
+    if result.get("signature"):
+        block["signature"] = result["signature"]
+    return block, outputs
+
+
+def _guest_split_kb(pid: int, guest_maps: str) -> tuple[int, int]:
+    """(resident kB, anonymous kB) of the guest's own mappings (see arm64.guest_rss_kb)."""
+    from .arm64 import guest_rss_kb
+
+    smaps = Path(f"/proc/{pid}/smaps").read_text()
+    return guest_rss_kb(guest_maps, smaps), guest_rss_kb(guest_maps, smaps, field="Anonymous")
+
+
+def main() -> None:
+    """``python -m edgecomp.bench.native [--machine aarch64] [--force]``: build the probe, print its path."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m edgecomp.bench.native", description=main.__doc__)
+    ap.add_argument("--machine", default=None, help=f"target machine ({', '.join(sorted(COMPILERS))}; default: this host)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if the cached binary is current")
+    a = ap.parse_args()
+    try:
+        print(build_probe(a.machine, force=a.force))
+    except EdgecompError as e:
+        raise SystemExit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
