@@ -319,6 +319,100 @@ def _guest_split_kb(pid: int, guest_maps: str) -> tuple[int, int]:
     return guest_rss_kb(guest_maps, smaps), guest_rss_kb(guest_maps, smaps, field="Anonymous")
 
 
+# A probe that runs an artifact differently from its runner measures something else: same runtime, same
+# kernels, same inputs, so the outputs must agree to float rounding (measured: <= 1e-6 on tiny models).
+PARITY_COS_MIN = 0.9999
+# Reasons a measurement cannot be made on this machine (no compiler, no runtime wheel): recorded, not fatal
+UNAVAILABLE = ("no C compiler", "is not installed", "no native runtime", "has no ")
+
+
+def tflite_signature_feeds(feeds: dict[str, np.ndarray], buckets) -> tuple[dict[str, np.ndarray], str | None]:
+    """Feeds right-padded (with 0: pad id, masked out) to the smallest ``seq<N>`` bucket that holds them,
+    and that signature's name, as edgecomp's LiteRT runner does; unchanged without buckets."""
+    if not buckets:
+        return feeds, None
+    length = int(np.shape(next(iter(feeds.values())))[1])
+    fits = sorted(n for n in buckets if n >= length)
+    if not fits:
+        raise EdgecompError(f"feeds of {length} tokens exceed the largest bucket {max(buckets)}", "use shorter feeds")
+    n = fits[0]
+    padded = {}
+    for k, v in feeds.items():
+        v = np.asarray(v)
+        out = np.zeros((v.shape[0], n), dtype=v.dtype)
+        out[:, :length] = v
+        padded[k] = out
+    return padded, f"seq{n}"
+
+
+def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict:
+    """{max_abs_diff, cos_min} over the outputs both have (by name; a longer bucket output is cropped)."""
+    diff, cos_min = 0.0, 1.0
+    for name, w in want.items():
+        if name not in got:
+            continue
+        g, w = np.asarray(got[name], np.float64), np.asarray(w, np.float64)
+        if g.shape != w.shape and g.ndim == w.ndim:
+            g = g[tuple(slice(0, n) for n in w.shape)]
+        if g.shape != w.shape:
+            raise EdgecompError(f"native output {name} has shape {g.shape}, the runner's {w.shape}",
+                                "report this artifact")
+        diff = max(diff, float(np.max(np.abs(g - w))) if g.size else 0.0)
+        rows_g, rows_w = g.reshape(-1, g.shape[-1]), w.reshape(-1, w.shape[-1])
+        norms = np.linalg.norm(rows_g, axis=1) * np.linalg.norm(rows_w, axis=1)
+        cos = np.where(norms > 0, (rows_g * rows_w).sum(1) / np.where(norms > 0, norms, 1), 1.0)
+        cos_min = min(cos_min, float(cos.min()))
+    return {"max_abs_diff": float(f"{diff:.3g}"), "cos_min": round(cos_min, 6)}
+
+
+def _unavailable(e: EdgecompError) -> bool:
+    return any(s in e.problem for s in UNAVAILABLE)
+
+
+def measure_native(path: Path, record: dict, feeds: dict[str, np.ndarray], python_outputs: dict[str, np.ndarray],
+                   threads: int = 1) -> dict:
+    """``metrics.native`` for an artifact record: the probe on the bench feeds with the record's
+    session options, checked against the Python runner's outputs on the same feeds. Without a compiler
+    or runtime library the block says what is missing instead of failing the export."""
+    feeds = {k: v for k, v in feeds.items() if k in record.get("inputs", feeds)}
+    seq_len = int(np.shape(next(iter(feeds.values())))[1])
+    fed, signature = tflite_signature_feeds(feeds, record.get("seq_buckets")) if Path(path).suffix == ".tflite" else (feeds, None)
+    try:
+        block, outputs = native_block(path, fed, threads=threads, options=record.get("session_options"), signature=signature)
+    except EdgecompError as e:
+        if _unavailable(e):
+            return {"skipped": str(e)}
+        raise
+    block["seq_len"] = seq_len
+    block["parity_vs_python"] = compare_outputs(outputs, python_outputs)
+    if block["parity_vs_python"]["cos_min"] < PARITY_COS_MIN:
+        raise EdgecompError(f"the native probe's outputs for {Path(path).name} differ from the Python runner's "
+                            f"(worst cosine {block['parity_vs_python']['cos_min']:.6f})", "report this artifact")
+    return block
+
+
+def measure_arm64_native(path: Path, record: dict, feeds: dict[str, np.ndarray], x86_outputs: dict[str, np.ndarray],
+                         cpu: str) -> dict:
+    """``arm64.native``: the aarch64 probe under qemu on the guest's runtime libraries, compared with the
+    x86 outputs like the Python guest run (``parity`` uses edgecomp.bench.checks' rule)."""
+    from .arm64 import _compare
+
+    feeds = {k: v for k, v in feeds.items() if k in record.get("inputs", feeds)}
+    seq_len = int(np.shape(next(iter(feeds.values())))[1])
+    fed, signature = tflite_signature_feeds(feeds, record.get("seq_buckets")) if Path(path).suffix == ".tflite" else (feeds, None)
+    try:
+        block, outputs = arm64_native_block(path, fed, cpu=cpu, options=record.get("session_options"), signature=signature)
+    except EdgecompError as e:
+        if _unavailable(e):
+            return {"skipped": str(e)}
+        raise
+    block["seq_len"] = seq_len
+    diff, cos_min = _compare(outputs, x86_outputs, Path(path).name)
+    block["max_abs_diff_vs_x86"] = float(f"{diff:.3g}")
+    block["cos_min_vs_x86"] = round(cos_min, 6)
+    return block
+
+
 def main() -> None:
     """``python -m edgecomp.bench.native [--machine aarch64] [--force]``: build the probe, print its path."""
     import argparse
