@@ -147,6 +147,25 @@ def test_ort_bytes_directly_needs_the_buffer_alive(export, feeds):
         native_block(path, feeds, runs=2, options={**direct, "keep_bytes": "0"})
 
 
+@pytest.mark.parametrize("artifact", ARTIFACTS)
+def test_session_options_leave_outputs_unchanged(export, feeds, artifact):
+    """The options each format runs with (runtime/options.py) change memory, never outputs: the probe with
+    them equals the probe without them, and the Python runner (which applies them too) equals both."""
+    from edgecomp.runtime import open_artifact
+    from edgecomp.runtime.options import session_options
+
+    path = export / artifact
+    f = {k: v.astype(np.int32) for k, v in feeds.items()} if artifact.endswith(".tflite") else feeds
+    sig = "seq16" if artifact.endswith(".tflite") else None
+    with_opts, a = native_block(path, f, runs=1, options=session_options(path), signature=sig)
+    bare = {"weight_cache": "none"} if artifact.endswith(".tflite") else {}
+    _, b = native_block(path, f, runs=1, options=bare, signature=sig)
+    python = open_artifact(path, threads=1).run(feeds)["last_hidden_state"]
+    assert with_opts["session_options"] == session_options(path)
+    assert np.array_equal(a["last_hidden_state"], b["last_hidden_state"])
+    assert np.abs(a["last_hidden_state"] - python).max() < 1e-4
+
+
 def test_unknown_option_is_one_line(export, feeds):
     with pytest.raises(EdgecompError, match="does not apply"):
         native_block(export / "model.tflite", {k: v.astype(np.int32) for k, v in feeds.items()}, runs=1,

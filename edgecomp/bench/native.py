@@ -13,8 +13,8 @@ runtime libraries of the emulation environment (edgecomp.bench.arm64): guest mem
 emulator's own is excluded, as in arm64.py), and guest instructions per inference instead of latency.
 
 Both also return the outputs (not for the manifest): the probe is checked against PyTorch like the Python
-runners are. Session options per format live in ``SESSION_OPTIONS``: what the artifact is meant to run
-with (recorded in the manifest so an app can use the same).
+runners are. The session options per format live in edgecomp/runtime/options.py (the runners apply the
+same; the manifest records them per artifact).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecompError
+from ..runtime.options import session_options
 
 SOURCE = Path(__file__).with_name("native") / "probe.c"
 CACHE = Path(os.environ.get("EDGECOMP_CACHE", Path.home() / ".cache" / "edgecomp")) / "probe"
@@ -42,16 +43,6 @@ COMPILER_PACKAGES = {"cc": "gcc libc6-dev", "aarch64-linux-gnu-gcc": "gcc-aarch6
 RUNS = 10
 WARMUP = 2
 _DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
-
-# The session options each format is meant to run with (probe --option KEY=VALUE; the runners and an
-# app use the same). Chosen by measurement on MiniLM (see the README's native table): each lowers the
-# native footprint and leaves the outputs unchanged.
-SESSION_OPTIONS: dict[str, dict[str, str]] = {
-    "onnx": {},
-    "ort": {},
-    "tflite": {"weight_cache": ":memory"},
-}
-
 
 def _host_machine() -> str:
     m = platform.machine()
@@ -184,6 +175,8 @@ def _block(result: dict, seq_len: int, options: dict[str, str]) -> dict:
         "anon_mb": _mb(result["anon_kb"][peak_stage]),
         "file_mb": _mb(result["file_kb"][peak_stage]),
         "shmem_mb": _mb(result["shmem_kb"][peak_stage]),
+        # after the timed runs: which mappings hold the resident memory (see probe.c read_where)
+        "smaps_mb": {k: _mb(v) for k, v in result["smaps_kb"].items()},
         "load_ms": round(result["load_ms"], 1),
         "first_run_ms": round(result["first_run_ms"], 2),
         "latency_ms": {"p50": round(result["latency_ms"]["p50"], 2), "p90": round(result["latency_ms"]["p90"], 2)},
@@ -199,7 +192,7 @@ def _block(result: dict, seq_len: int, options: dict[str, str]) -> dict:
 
 
 def default_options(path: Path) -> dict[str, str]:
-    return dict(SESSION_OPTIONS.get(Path(path).suffix.lstrip("."), {}))
+    return session_options(path)
 
 
 def native_block(artifact: Path, feeds: dict[str, np.ndarray], threads: int = 1, runs: int = RUNS,
@@ -284,18 +277,23 @@ def arm64_native_block(artifact: Path, feeds: dict[str, np.ndarray], cpu: str = 
                *_command(probe, Path(lib_guest), artifact, tmp, 1, runs, 1, options, signature),
                "--checkpoints", str(tmp / "maps")]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp)}
-        stages = arm64._run_with_checkpoints(cmd, env, tmp, timeout_s, artifact.name, measure=_guest_split_kb)
+        stages = arm64._run_with_checkpoints(cmd, env, tmp, timeout_s, artifact.name,
+                                             measure=_guest_split(lib_host.name, artifact.name))
         result = _last_json((tmp / "guest.log").read_text(errors="replace"))
         outputs = read_tensors(tmp / "outputs.bin")
         counts = arm64._read_counts(tmp / "counts.txt")
     rss = {stage.replace("-", "_"): v for stage, v in stages.items()}
-    peak_stage = max(rss, key=lambda s: rss[s][0])
+    peak_stage = max(rss, key=lambda s: rss[s]["rss"])
     per_run = [counts[i + 1] - counts[i] for i in range(runs)]
+    peak = rss[peak_stage]
     block = {
-        "peak_rss_mb": _mb(rss[peak_stage][0]),
-        "rss_mb": {k: _mb(v[0]) for k, v in rss.items()},
-        "anon_mb": _mb(rss[peak_stage][1]),
-        "file_mb": _mb(rss[peak_stage][0] - rss[peak_stage][1]),
+        "peak_rss_mb": _mb(peak["rss"]),
+        "rss_mb": {k: _mb(v["rss"]) for k, v in rss.items()},
+        "anon_mb": _mb(peak["anon"]),
+        "file_mb": _mb(peak["rss"] - peak["anon"] - peak["shmem"]),
+        "shmem_mb": _mb(peak["shmem"]),
+        # at the peak checkpoint, in guest mappings (probe.c's split of the host smaps, same classes)
+        "smaps_mb": {k: _mb(peak[k]) for k in ("runtime_library", "model_file", "other_files", "anon", "shmem")},
         "instructions_per_inference": int(statistics.median(per_run)),
         "instructions_load": counts[arm64.LABEL_LOADED] - counts[arm64.LABEL_START],
         "threads": 1,
@@ -311,12 +309,31 @@ def arm64_native_block(artifact: Path, feeds: dict[str, np.ndarray], cpu: str = 
     return block, outputs
 
 
-def _guest_split_kb(pid: int, guest_maps: str) -> tuple[int, int]:
-    """(resident kB, anonymous kB) of the guest's own mappings (see arm64.guest_rss_kb)."""
+def _guest_split(lib_name: str, model_name: str):
+    """measure(pid, guest_maps) for arm64._run_with_checkpoints: {rss, anon, runtime_library, model_file,
+    other_files, shmem} kB of the guest's own mappings (see arm64.guest_rss_kb), split as probe.c splits
+    the host's smaps: file pages by which file, anonymous pages over all mappings."""
     from .arm64 import guest_rss_kb
 
-    smaps = Path(f"/proc/{pid}/smaps").read_text()
-    return guest_rss_kb(guest_maps, smaps), guest_rss_kb(guest_maps, smaps, field="Anonymous")
+    def kind(line: str) -> str:
+        path = line.split(None, 5)[5].strip() if len(line.split(None, 5)) > 5 else ""
+        if not path or path.startswith("["):
+            return "anonymous"
+        if path.startswith("/memfd:") or path.endswith("(deleted)") or path.startswith("/dev/zero"):
+            return "shmem"
+        name = path.rsplit("/", 1)[-1]
+        return "runtime_library" if name == lib_name else "model_file" if name == model_name else "other_files"
+
+    def measure(pid: int, guest_maps: str) -> dict[str, int]:
+        smaps = Path(f"/proc/{pid}/smaps").read_text()
+        lines = guest_maps.splitlines()
+        split = {"rss": guest_rss_kb(guest_maps, smaps), "anon": guest_rss_kb(guest_maps, smaps, field="Anonymous")}
+        for k in ("runtime_library", "model_file", "other_files", "shmem"):
+            part = "\n".join(ln for ln in lines if kind(ln) == k)
+            split[k] = (guest_rss_kb(part, smaps) - guest_rss_kb(part, smaps, field="Anonymous")) if part else 0
+        return split
+
+    return measure
 
 
 # A probe that runs an artifact differently from its runner measures something else: same runtime, same
@@ -413,16 +430,46 @@ def measure_arm64_native(path: Path, record: dict, feeds: dict[str, np.ndarray],
     return block
 
 
+def synthetic_feeds(record: dict, seq_len: int) -> dict[str, np.ndarray]:
+    """Token feeds of ``seq_len`` for a quick measurement from the command line (memory and instruction
+    counts depend on the shapes, not on which tokens): ids cycling over a small range, all attended."""
+    ids = (100 + np.arange(seq_len) % 900).astype(np.int64)[None, :]
+    all_feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    names = record.get("inputs") or list(all_feeds)
+    return {k: all_feeds[k] for k in names if k in all_feeds}
+
+
 def main() -> None:
-    """``python -m edgecomp.bench.native [--machine aarch64] [--force]``: build the probe, print its path."""
+    """``python -m edgecomp.bench.native [--machine aarch64] [--force]``: build the probe, print its path.
+    ``python -m edgecomp.bench.native ARTIFACT [--option K=V ...] [--arm64] [--seq-len N]``: measure one
+    artifact of an export with those session options (default: the manifest's) and print the block."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m edgecomp.bench.native", description=main.__doc__)
-    ap.add_argument("--machine", default=None, help=f"target machine ({', '.join(sorted(COMPILERS))}; default: this host)")
+    ap.add_argument("artifact", nargs="?", help="an .onnx/.ort/.tflite of an edgecomp export (omit to only build)")
+    ap.add_argument("--machine", default=None, help=f"build for this machine ({', '.join(sorted(COMPILERS))}; default: this host)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the cached binary is current")
+    ap.add_argument("--option", action="append", default=None, metavar="KEY=VALUE", help="a session option (repeatable)")
+    ap.add_argument("--arm64", action="store_true", help="run the aarch64 probe under qemu-aarch64")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=None)
     a = ap.parse_args()
     try:
-        print(build_probe(a.machine, force=a.force))
+        if not a.artifact:
+            print(build_probe(a.machine, force=a.force))
+            return
+        path = Path(a.artifact)
+        manifest = path.parent / "manifest.json"
+        record = next((r for r in json.loads(manifest.read_text())["artifacts"] if r["path"] == path.name), {}) \
+            if manifest.is_file() else {}
+        options = dict(o.split("=", 1) for o in a.option) if a.option is not None else record.get("session_options")
+        feeds = synthetic_feeds(record, a.seq_len)
+        fed, signature = tflite_signature_feeds(feeds, record.get("seq_buckets")) if path.suffix == ".tflite" else (feeds, None)
+        if a.arm64:
+            block, _ = arm64_native_block(path, fed, options=options, signature=signature, runs=a.runs or 2)
+        else:
+            block, _ = native_block(path, fed, options=options, signature=signature, runs=a.runs or RUNS)
+        print(json.dumps(block))
     except EdgecompError as e:
         raise SystemExit(f"error: {e}")
 

@@ -199,6 +199,48 @@ static mem_t read_mem(void) {
     return m;
 }
 
+/* Where the resident memory is, from /proc/self/smaps: file-backed pages of the runtime library, of the
+ * model file and of other files (libc, libstdc++, ...); anonymous pages (heap, anonymous mmaps, and the
+ * copy-on-write pages of file mappings); shmem (memfd, deleted files: XNNPACK's in-memory weight cache). */
+typedef struct {
+    long runtime_library, model_file, other_files, anon, shmem;
+} where_t;
+
+static where_t read_where(const char *lib_path, const char *model_path) {
+    where_t w = {0, 0, 0, 0, 0};
+    char lib[4096] = "", model[4096] = "", line[8192], path[4096];
+    if (!realpath(lib_path, lib)) snprintf(lib, sizeof lib, "%s", lib_path);
+    if (!realpath(model_path, model)) snprintf(model, sizeof model, "%s", model_path);
+    FILE *f = fopen("/proc/self/smaps", "r");
+    long rss = 0, anon = 0;
+    int kind = -1; /* 0 library, 1 model, 2 other file, 3 anonymous, 4 shmem */
+    for (;;) {
+        char *got = f ? fgets(line, sizeof line, f) : NULL;
+        size_t hex = got ? strspn(line, "0123456789abcdef") : 0;
+        int header = hex > 0 && line[hex] == '-'; /* "start-end perms offset dev inode path" */
+        if (!got || header) {
+            if (kind >= 0) { /* close the previous mapping */
+                long file_pages = rss - anon;
+                w.anon += anon;
+                if (kind == 0) w.runtime_library += file_pages;
+                else if (kind == 1) w.model_file += file_pages;
+                else if (kind == 2) w.other_files += file_pages;
+                else if (kind == 4) w.shmem += file_pages;
+            }
+            if (!got) break;
+            rss = anon = 0;
+            path[0] = 0;
+            sscanf(line, "%*s %*s %*s %*s %*s %4095[^\n]", path);
+            kind = !path[0] || path[0] == '[' ? 3
+                   : !strncmp(path, "/memfd:", 7) || strstr(path, "(deleted)") || !strncmp(path, "/dev/zero", 9) ? 4
+                   : !strcmp(path, lib) ? 0 : !strcmp(path, model) ? 1 : 2;
+        } else if (!strncmp(line, "Rss:", 4)) rss = atol(line + 4);
+        else if (!strncmp(line, "Anonymous:", 10)) anon = atol(line + 10);
+    }
+    if (f) fclose(f);
+    return w;
+}
+
 static const char *g_checkpoints;
 static mem_t g_mem[4];
 static const char *STAGES[] = {"start", "loaded", "first_run", "runs"};
@@ -719,6 +761,7 @@ int main(int argc, char **argv) {
     }
     checkpoint(3);
     long peak = status_kb("VmHWM");
+    where_t where = read_where(lib_path, model);
     write_tensors(outputs, is_tflite ? &m.outs : &outs);
 
     qsort(lat, (size_t)runs, sizeof(double), cmp_double);
@@ -731,6 +774,8 @@ int main(int argc, char **argv) {
     json_mem("anon_kb", 1);
     json_mem("file_kb", 2);
     json_mem("shmem_kb", 3);
+    printf("\"smaps_kb\": {\"runtime_library\": %ld, \"model_file\": %ld, \"other_files\": %ld, \"anon\": %ld, "
+           "\"shmem\": %ld}, ", where.runtime_library, where.model_file, where.other_files, where.anon, where.shmem);
     printf("\"load_ms\": %.3f, \"first_run_ms\": %.3f, ", load_ms, first_ms);
     printf("\"latency_ms\": {\"p50\": %.4f, \"p90\": %.4f, \"min\": %.4f}, ", percentile(lat, runs, 0.5),
            percentile(lat, runs, 0.9), lat[0]);
