@@ -208,3 +208,19 @@ def test_arm64_probe_guest_memory_and_instructions(export, feeds, torch_outputs,
     assert block["anon_mb"] > 0 and block["file_mb"] > 0
     assert block["instructions_per_inference"] > 0 and block["emulated"] is True
     assert "latency_ms" not in block  # emulated time is not ARM latency
+
+
+@pytest.mark.arm64
+@needs_env
+def test_arm64_check_records_native_block(export, feeds):
+    """The `arm64` device check (what android exports run) adds `arm64.native` beside the Python guest block."""
+    from edgecomp.bench.checks import run_checks
+
+    manifest = json.loads((export / "manifest.json").read_text())
+    rec = next(a for a in manifest["artifacts"] if a["path"] == "model.ort")
+    run_checks(["arm64"], export / "model.ort", rec, feeds, "cortex-a76")
+    n = rec["arm64"]["native"]
+    assert rec["arm64"]["parity_ok"] and n["cos_min_vs_x86"] > 0.98
+    assert n["session_options"] == rec["session_options"]
+    assert 0 < n["peak_rss_mb"] < rec["arm64"]["guest_peak_rss_mb"]  # no interpreter in the guest either
+    assert n["instructions_per_inference"] > 0

@@ -25,7 +25,7 @@
  *   load=path|bytes|mmap   how the model reaches the runtime: by path (the runtime reads it), as a heap
  *                          copy, or as a read-only mmap of the file; bytes/mmap buffers live until the
  *                          session is released (ORT's use_ort_model_bytes_directly requires it)
- *   keep_bytes=0           free the bytes/mmap buffer right after the session is created (to show why
+ *   keep_bytes=0           drop the bytes/mmap buffer right after the session is created (to show why
  *                          use_ort_model_bytes_directly crashed from Python: its buffer was a temporary)
  *   ORT:    arena=0|1 (CPU memory arena), mem_pattern=0|1, opt_level=0|1|2|99, and any session config
  *           key (session.disable_prepacking=1, session.use_ort_model_bytes_directly=1, ...)
@@ -315,6 +315,18 @@ static void free_bytes(model_bytes_t *b) {
     b->data = NULL;
 }
 
+/* keep_bytes=0: the buffer "goes away" right after the session is created, deterministically: a mapping
+ * becomes inaccessible (any later read faults; a plain munmap could see the range reused by the next
+ * allocation and read garbage instead), a heap copy is zeroed and freed */
+static void release_bytes(model_bytes_t *b) {
+    if (b->mapped) {
+        if (mprotect(b->data, b->size, PROT_NONE)) die("mprotect: %s", strerror(errno));
+        return;
+    }
+    memset(b->data, 0, b->size);
+    free_bytes(b);
+}
+
 static void *sym(void *lib, const char *name) {
     void *p = dlsym(lib, name);
     if (!p) die("%s not found in the runtime library (%s)", name, dlerror());
@@ -409,7 +421,7 @@ static void ort_load(ort_t *o, void *lib, const char *model, int threads) {
     } else if (!strcmp(how, "bytes") || !strcmp(how, "mmap")) {
         o->bytes = load_bytes(model, how);
         ORT_CALL(CreateSessionFromArray, o->env, o->bytes.data, o->bytes.size, so, &o->session);
-        if (!strcmp(opt("keep_bytes", "1"), "0")) free_bytes(&o->bytes);
+        if (!strcmp(opt("keep_bytes", "1"), "0")) release_bytes(&o->bytes);
     } else {
         die("load=%s: use path, bytes or mmap", how);
     }
