@@ -23,6 +23,7 @@ from .bench.fidelity import ReferenceSet, check_tolerance, measure_fidelity
 from .bench.checks import run_checks
 from .bench.latency import benchmark_feeds, latency_block
 from .bench.memory import peak_rss_mb
+from .bench.native import default_options, measure_native
 from .bench.size import onnx_size_breakdown, torch_size_breakdown
 from .errors import EdgecompError
 from .manifest import MANIFEST, sha256, write_json_atomic
@@ -216,6 +217,8 @@ def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: Loaded
         log(f"bench: {path.name} latency (threads {list(b.threads)}) and peak RSS")
         metrics["latency_ms"] = latency_block(path, feeds, b.threads, b.warmup, b.runs)
         metrics["peak_rss_mb"] = peak_rss_mb(path, feeds, threads=1)
+        log(f"bench: {path.name} native probe (peak RSS without Python)")
+        metrics["native"] = measure_native(path, record, feeds, open_artifact(path, threads=1).run(feeds))
     run_checks(target.checks, path, record, feeds, target.emulated_cpu or "cortex-a76", log,
                reference=lambda: ref.task.torch_forward(loaded.model, feeds))
     return metrics
@@ -231,6 +234,7 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
         rec["seq_buckets"] = list(bucket_lengths(art.seq_buckets, ctx.max_length))
     rec["max_length"] = ctx.max_length
     rec["batch_invariant"] = art.quantization not in PER_TENSOR_ACTIVATION_SCHEMES
+    rec["session_options"] = default_options(path)  # what an app should load it with (bench/native.py)
     rec.update({k: v for k, v in info.items() if k not in rec})
     rec["metrics"] = measure_artifact(path, rec, ref, ctx.loaded, ctx.target, ctx.options.bench, ctx.log)
     require_tolerance(rec, ctx.target, recipe)

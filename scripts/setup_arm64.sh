@@ -65,6 +65,8 @@ need_pkgs=()
 command -v qemu-aarch64 >/dev/null || need_pkgs+=(qemu-user)
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v gcc >/dev/null || need_pkgs+=(gcc libc6-dev)
+# the aarch64 build of the native probe (edgecomp/bench/native/probe.c), compiled on first use
+command -v aarch64-linux-gnu-gcc >/dev/null || need_pkgs+=(gcc-aarch64-linux-gnu)
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need_pkgs+=(debian-archive-keyring)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     step "apt-get install ${need_pkgs[*]}"

@@ -149,10 +149,10 @@ def arm64_block(
     }
 
 
-def _run_with_checkpoints(cmd, env, tmp: Path, timeout_s: float, name: str) -> dict[str, tuple[int, int]]:
+def _run_with_checkpoints(cmd, env, tmp: Path, timeout_s: float, name: str, measure=None) -> dict[str, tuple[int, int]]:
     """Run qemu; at each guest checkpoint (a SIGSTOP) measure guest and whole-process RSS, then SIGCONT.
 
-    Returns {stage: (guest_rss_kb, qemu_process_rss_kb)}.
+    Returns {stage: (guest_rss_kb, qemu_process_rss_kb)}, or {stage: measure(pid, guest_maps_text)}.
     """
     log_path = tmp / "guest.log"
     rss: dict[str, tuple[int, int]] = {}
@@ -173,7 +173,9 @@ def _run_with_checkpoints(cmd, env, tmp: Path, timeout_s: float, name: str) -> d
         if os.WIFSTOPPED(status):
             for maps in sorted((tmp / "maps").glob("*.maps")):
                 stage = maps.stem.split("-", 1)[1]
-                if stage not in rss:
+                if stage not in rss and measure is not None:
+                    rss[stage] = measure(proc.pid, maps.read_text())
+                elif stage not in rss:
                     smaps = Path(f"/proc/{proc.pid}/smaps").read_text()
                     rss[stage] = (guest_rss_kb(maps.read_text(), smaps), _total_rss_kb(proc.pid))
             os.kill(proc.pid, signal.SIGCONT)
@@ -202,8 +204,9 @@ def _parse_maps(text: str) -> list[tuple[int, int, int, str, dict]]:
     return out
 
 
-def guest_rss_kb(guest_maps: str, host_smaps: str) -> int:
-    """Resident kB of the guest's own memory: host smaps Rss over the ranges the guest has mapped.
+def guest_rss_kb(guest_maps: str, host_smaps: str, field: str = "Rss") -> int:
+    """Resident kB of the guest's own memory: host smaps Rss over the ranges the guest has mapped
+    (``field="Anonymous"``: the anonymous part of it).
 
     Why this separates guest from emulator: qemu-user answers the guest's /proc/self/maps from its own
     table of guest pages, so it lists exactly the guest's mappings (its binary, libraries, heap, stack,
@@ -224,7 +227,7 @@ def guest_rss_kb(guest_maps: str, host_smaps: str) -> int:
     ranges = sorted((s + base, e + base) for s, e, _, _, _ in guest)
     total = 0.0
     for start, end, _, _, fields in host:
-        kb = int(fields.get("Rss", "0 kB").split()[0])
+        kb = int(fields.get(field, "0 kB").split()[0])
         if not kb:
             continue
         overlap = sum(max(0, min(end, e) - max(start, s)) for s, e in ranges if s < end and e > start)

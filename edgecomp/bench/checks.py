@@ -47,16 +47,19 @@ def parity_ok(block: dict, precision: str) -> bool:
 def arm64_check(path: Path, record: dict, feeds: dict, cpu: str, reference: Callable[[], dict] | None = None) -> None:
     from ..runtime import open_artifact
     from . import arm64
+    from .native import measure_arm64_native
 
     if not arm64.env_present():
         record["arm64"] = {"skipped": f"aarch64 emulation environment not set up: {arm64.SETUP_HINT}"}
         return
     feeds = {k: v for k, v in feeds.items() if k in record["inputs"]}
     x86 = open_artifact(path, threads=1).run(feeds)
+    native = measure_arm64_native(path, record, feeds, x86, cpu)  # the same run without Python in the guest
     if path.suffix == ".tflite":  # the guest picks the bucket signature whose shapes equal the feeds
         feeds = {k: v.astype(np.int32) for k, v in feeds.items()}
     block = arm64.arm64_block(path, feeds, x86, cpu=cpu, reference_outputs=reference() if reference else None)
     block["parity_ok"] = parity_ok(block, record["precision"])
+    block["native"] = native
     record["arm64"] = block
     if not block["parity_ok"]:
         raise EdgecompError(

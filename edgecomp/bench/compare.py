@@ -14,7 +14,8 @@ from pathlib import Path
 from ..manifest import write_json_atomic, write_text_atomic
 
 COLUMNS = ("export", "recipe", "artifact", "precision", "MB", "size ratio", "cos mean", "cos worst",
-           "p50 ms 1thr", "peak RSS MB", "ARM instr/inference (M)", "instr ratio", "ARM guest RSS MB")
+           "p50 ms 1thr", "native peak RSS MB", "Python peak RSS MB", "ARM instr/inference (M)", "instr ratio",
+           "ARM native guest RSS MB", "ARM Python guest RSS MB")
 
 
 def _ratio(a, b) -> float | None:
@@ -36,8 +37,10 @@ def comparison_rows(exports: list[tuple[Path, dict]]) -> list[dict]:
                 "format": rec["format"], "precision": rec["precision"], "size_mb": round(rec["size_bytes"] / 1e6, 2),
                 "cos_mean": m.get("fidelity", {}).get("cos_mean"), "cos_min": m.get("fidelity", {}).get("cos_min"),
                 "p50_ms_1thr": ((m.get("latency_ms") or {}).get("threads") or {}).get("1", {}).get("p50"),
+                "native_peak_rss_mb": (m.get("native") or {}).get("peak_rss_mb"),
                 "peak_rss_mb": m.get("peak_rss_mb"),
                 "arm_instructions": arm.get("instructions_per_inference"),
+                "arm_native_rss_mb": (arm.get("native") or {}).get("peak_rss_mb"),
                 "arm_guest_rss_mb": arm.get("guest_peak_rss_mb"),
                 "arm_emulated": bool(arm),
             }
@@ -61,8 +64,9 @@ def table_cells(row: dict) -> list[str]:
     instr = row["arm_instructions"]
     return [row["export"], row["recipe"], row["artifact"], row["precision"], _cell(row["size_mb"], ".2f"),
             _cell(row["size_ratio"]), _cell(row["cos_mean"], ".4f"), _cell(row["cos_min"], ".4f"),
-            _cell(row["p50_ms_1thr"]), _cell(row["peak_rss_mb"]), _cell(instr and round(instr / 1e6, 1)),
-            _cell(row["instructions_ratio"]), _cell(row["arm_guest_rss_mb"])]
+            _cell(row["p50_ms_1thr"]), _cell(row.get("native_peak_rss_mb")), _cell(row["peak_rss_mb"]),
+            _cell(instr and round(instr / 1e6, 1)), _cell(row["instructions_ratio"]), _cell(row.get("arm_native_rss_mb")),
+            _cell(row["arm_guest_rss_mb"])]
 
 
 def comparison_markdown(rows: list[dict]) -> str:
@@ -70,7 +74,8 @@ def comparison_markdown(rows: list[dict]) -> str:
         "# edgecomp bench: exports side by side (one run)", "",
         "Ratios are against the first export's artifact of the same format. ARM columns come from qemu-aarch64 "
         "(emulated; instruction counts and guest RSS, never emulated milliseconds). x86 latency and RSS are "
-        "measured on this host.", "",
+        "measured on this host. Native RSS: the runtime's C API in a C process (edgecomp/bench/native); "
+        "Python RSS: a fresh interpreter with the runtime imported.", "",
         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
     ]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]

@@ -12,6 +12,10 @@ def _mb(n: int | float | None) -> str:
     return "—" if n is None else f"{n / 1e6:.1f}"
 
 
+def _count(v) -> str:
+    return "—" if v is None else f"{v:,}"
+
+
 def _fmt(v, nd=4) -> str:
     return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
@@ -30,8 +34,8 @@ def render(manifest: dict) -> str:
         "",
         "## Artifacts",
         "",
-        "| file | format | runtime | precision | MB | vs fp32 PyTorch | peak RSS MB | p50 ms (1 thr) | p50 ms (2 thr) | cos mean | cos worst | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| file | format | runtime | precision | MB | vs fp32 PyTorch | native peak RSS MB | Python peak RSS MB | p50 ms (1 thr) | p50 ms (2 thr) | cos mean | cos worst | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ref_bytes = manifest.get("reference", {}).get("size_bytes")
     for a in manifest["artifacts"]:
@@ -42,11 +46,12 @@ def render(manifest: dict) -> str:
         ratio = f"{a['size_bytes'] / ref_bytes:.2f}x" if ref_bytes else "—"
         lines.append(
             f"| `{a['path']}` | {a['format']} | {a['runtime']} | {a['precision']} | {_mb(a['size_bytes'])} | {ratio} | "
+            f"{_fmt((met.get('native') or {}).get('peak_rss_mb'), 1)} | "
             f"{_fmt(met.get('peak_rss_mb'), 1)} | {_fmt(th.get('1', {}).get('p50'), 2)} | {_fmt(th.get('2', {}).get('p50'), 2)} | "
             f"{_fmt(fid.get('cos_mean'))} | {_fmt(fid.get('cos_min'))} | {_fmt(fid.get('max_abs_diff'))} |"
         )
     for sk in manifest.get("skipped_artifacts", []):
-        lines.append(f"| `{sk['path']}` | {sk['format']} | — | — | not built | | | | | | | {sk['reason']} |")
+        lines.append(f"| `{sk['path']}` | {sk['format']} | — | — | not built | | | | | | | | {sk['reason']} |")
     lat0 = next((a["metrics"].get("latency_ms") for a in manifest["artifacts"] if a.get("metrics", {}).get("latency_ms")), None)
     if lat0:
         lines += ["", f"Latency: batch {lat0['batch']}, sequence {lat0['seq_len']}, median (p50) of {next(iter(lat0['threads'].values()))['runs']} runs after warm-up."]
@@ -60,6 +65,7 @@ def render(manifest: dict) -> str:
             lines.append(f"| {c} | " + " | ".join(_mb(v.get(c)) + " MB" for v in sb.values()) + " |")
         if Path(manifest.get("_dir", "."), "size_breakdown.png").exists():
             lines += ["", "![size breakdown](size_breakdown.png)"]
+    lines += _native_section(manifest)
     lines += _generation_section(manifest)
     if any(a.get("arm64") for a in manifest["artifacts"]):
         lines += _arm64_section(manifest)
@@ -68,6 +74,33 @@ def render(manifest: dict) -> str:
         if manifest.get(key):
             lines += ["", f"## {key.replace('_', ' ').title()}", "", "```json", _json(manifest[key]), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _native_section(manifest: dict) -> list[str]:
+    """What a process without Python pays (edgecomp/bench/native/probe.c), split as /proc/self/smaps_rollup
+    splits it at the peak stage: anonymous (heap: packed weights, arena, activations), file-backed
+    (the runtime library's code and mapped model bytes) and shmem (memfd, e.g. XNNPACK's weight cache)."""
+    rows = [a for a in manifest["artifacts"] if (a.get("metrics") or {}).get("native")]
+    if not rows:
+        return []
+    out = ["", "## Native memory (the runtime's C API, no Python)", "",
+           "| file | MB | peak RSS MB | after load | after first run | anon MB | file MB | shmem MB | load ms | p50 ms | p90 ms | session options |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in rows:
+        n = a["metrics"]["native"]
+        if "skipped" in n:
+            out.append(f"| `{a['path']}` | {_mb(a['size_bytes'])} | not measured: {n['skipped']} | | | | | | | | | |")
+            continue
+        opts = ", ".join(f"{k}={v}" for k, v in n.get("session_options", {}).items()) or "defaults"
+        out.append(f"| `{a['path']}` | {_mb(a['size_bytes'])} | {n['peak_rss_mb']:.1f} | {n['rss_mb']['loaded']:.1f} | "
+                   f"{n['rss_mb']['first_run']:.1f} | {n['anon_mb']:.1f} | {n['file_mb']:.1f} | {n.get('shmem_mb', 0):.1f} | "
+                   f"{n['load_ms']:.0f} | {n['latency_ms']['p50']:.2f} | {n['latency_ms']['p90']:.2f} | {opts} |")
+    n0 = next((a["metrics"]["native"] for a in rows if "skipped" not in a["metrics"]["native"]), None)
+    if n0:
+        out += ["", f"Batch 1, sequence {n0['seq_len']}, {n0['threads']} thread, {n0['runs']} timed runs after warm-up; "
+                    "the Python peak RSS in the table above is a fresh interpreter that imports the runtime (about "
+                    "47 MB before any model), shown for comparison."]
+    return out
 
 
 def _generation_section(manifest: dict) -> list[str]:
@@ -94,18 +127,21 @@ def _arm64_section(manifest: dict) -> list[str]:
            "These figures come from the aarch64 builds of the runtimes under qemu-aarch64. Parity, guest "
            "instructions per inference and guest memory carry over to a device; emulated wall time does not and is "
            "never reported as latency. All other figures in this report are from the x86 build machine.", "",
-           "| file | core | parity | max abs diff vs x86 | worst cos vs x86 | instructions / inference | guest peak RSS MB |",
-           "|---|---|---|---|---|---|---|"]
+           "| file | core | parity | max abs diff vs x86 | worst cos vs x86 | instructions / inference | native guest peak RSS MB | "
+           "native instructions / inference | Python guest peak RSS MB |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for a in manifest["artifacts"]:
         b = a.get("arm64")
         if not b:
             continue
         if "skipped" in b:
-            out.append(f"| `{a['path']}` | — | not measured: {b['skipped']} | | | | |")
+            out.append(f"| `{a['path']}` | — | not measured: {b['skipped']} | | | | | | |")
             continue
+        nat = b.get("native") or {}
         out.append(f"| `{a['path']}` | {b.get('emulated_cpu')} | {'ok' if b.get('parity_ok') else 'FAIL'} | "
                    f"{b['max_abs_diff']:.2e} | {b.get('cos_min_vs_x86', float('nan')):.5f} | "
-                   f"{b['instructions_per_inference']:,} | {b['guest_peak_rss_mb']:.1f} |")
+                   f"{b['instructions_per_inference']:,} | {_fmt(nat.get('peak_rss_mb'), 1)} | "
+                   f"{_count(nat.get('instructions_per_inference'))} | {b['guest_peak_rss_mb']:.1f} |")
     return out
 
 

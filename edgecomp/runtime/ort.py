@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import EdgecompError
 from . import RUNNERS
+from .options import apply_ort_options, session_options
 
 _ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
 
@@ -18,6 +19,7 @@ def ort_session(path: Path, threads: int | None = None):
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    apply_ort_options(so, session_options(path))  # what the artifact is meant to run with (runtime/options.py)
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
