@@ -114,6 +114,10 @@ def _parse(path: Path) -> TargetSpec:
             raise EdgecompError(f"target {path.name}: unknown artifact format {fmt!r}", f"use one of {FORMATS}")
         known = {"name", "format", "runtime", "precision", "quantization", "primary", "from", "seq_buckets"}
         where = f"target {path.name}, artifact {a.get('name', 'model')}.{fmt}"
+        stale = next((k for k in ("block_size", "grid") if k in a), None)
+        if stale:  # read by nothing now: the block and grid are the scheme's
+            raise EdgecompError(f"{where}: {stale} is no artifact option",
+                                "state it in quantization = {weights = {bits = 4, block = 32, grid = \"ort\"}}")
         scheme = parse_scheme(a["quantization"], where) if a.get("quantization") is not None else None
         precision = scheme.precision if scheme else "fp32"
         if a.get("precision", precision) != precision:  # a target may still say it; once, consistently

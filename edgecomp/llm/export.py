@@ -155,7 +155,11 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
         else:
             os.replace(work / "raw.onnx", fp32)
     records, by_precision = [], {}
-    for spec in (target.artifacts if artifacts is None else artifacts):
+    if artifacts is None:  # the target's own, read as a causal LM reads them (the plan resolves its recipe's)
+        from ..recipes import NO_RECIPE
+
+        artifacts = causal_lm_schemes(list(target.artifacts), NO_RECIPE)
+    for spec in artifacts:
         if spec.format == "tflite":
             rec = _tflite_artifact(loaded, spec, build_dir, work, log, recipe_options or {})
             if verify:
