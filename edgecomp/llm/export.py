@@ -243,7 +243,7 @@ def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, log, recipe_opti
         f"{'tied' if tied else 'separate'} LM head)")
     info = export_causal_lm_tflite(hf_dir, dst, quant, buckets, kv_len, tied=tied)
     return {"path": dst.name, "format": "tflite", "runtime": spec.runtime,
-            "precision": next((p for p in ("int4", "int8") if p in quant), spec.precision) if quant != "none" else "fp32",
+            "precision": spec.precision,
             "quantization": quant, "primary": spec.primary, "seq_buckets": list(buckets), "lm_head_tied": tied,
             "batch_invariant": spec.scheme is None or spec.scheme.batch_invariant, "scheme": spec.scheme.to_json() if spec.scheme else None, **info}
 
