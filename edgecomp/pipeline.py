@@ -258,16 +258,30 @@ def train_view(job):
     share one training: refused, the recipe names its formats."""
     from .quant import FORMAT_QUANT
 
-    adapters = job.state.get("format_quant", FORMAT_QUANT)
+    return artifacts_train_view(job.artifacts, job.recipe, job.state.get("format_quant", FORMAT_QUANT))
+
+
+def artifacts_train_view(artifacts, recipe, adapters):
     views: dict = {}
-    for a in job.artifacts:
+    for a in artifacts:
         if a.scheme is not None:
             views.setdefault(adapters[a.format].train_view(a.scheme), []).append(a.filename)
-    if len(views) > 1 and any(s.get("quant_aware") for s in job.recipe.steps):
-        raise EdgecompError(f"recipe {job.recipe.name!r} trains for its quantization, and the artifacts store it differently ("
+    if len(views) > 1 and any(s.get("quant_aware") for s in recipe.steps):
+        raise EdgecompError(f"recipe {recipe.name!r} trains for its quantization, and the artifacts store it differently ("
                             + "; ".join(", ".join(files) for files in views.values()) + ")",
                             'list the formats it ships, e.g. formats = ["onnx", "ort"] (with formats_reason)')
     return next(iter(views), None)
+
+
+def target_train_view(target_name: str, recipe):
+    """`edgecomp compress`: the TrainView of ``recipe`` on an (encoder) target's artifacts, for its quant-aware
+    steps; None when no step is quant-aware."""
+    from .quant import FORMAT_QUANT
+
+    if not any(s.get("quant_aware") for s in recipe.steps):
+        return None
+    artifacts, _ = recipe_artifacts(load_target(target_name), recipe)
+    return artifacts_train_view([recipe_scheme(a, recipe) for a in artifacts], recipe, FORMAT_QUANT)
 
 
 def recipe_artifacts(target: TargetSpec, recipe) -> tuple[list[ArtifactSpec], list[dict]]:

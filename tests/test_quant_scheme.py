@@ -157,3 +157,17 @@ def test_same_artifact_bytes_as_before_the_scheme(tiny_bert_dir, fast_target, tm
     assert res.exit_code == 0, res.output
     got = {p: hashlib.sha256((out / p).read_bytes()).hexdigest() for p in BEFORE[name]}
     assert got == BEFORE[name]
+
+
+def test_compress_trains_for_the_targets_scheme(tiny_bert_dir, tmp_path):
+    """`edgecomp compress` has no export, so `--target` says which artifacts a quant-aware step trains for."""
+    r = recipe_file(tmp_path / "r.toml", 'steps = [{method = "distill", quant_aware = true, steps = 2}]\n'
+                                         'formats = ["tflite"]\n[quantization]\nweights = {bits = 4, block = 32}\n')
+    _refused(["compress", str(tiny_bert_dir), "--recipe", str(r), "-o", str(tmp_path / "x")],
+             "ships only tflite, and target 'cpu-x86' has none")
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["compress", str(tiny_bert_dir), "--recipe", str(r), "--target", "android", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    (step,) = json.loads((out / "compression.json").read_text())["steps"]
+    q = step["config"]["quantization"]
+    assert q["weights"]["grid"] == "litert" and q["fold_layernorm"] and q["table"]["bits"] == 4
