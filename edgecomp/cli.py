@@ -175,6 +175,8 @@ def compress(
     recipe: str = typer.Option(..., "--recipe", "-r", help="recipe name (see `edgecomp recipes`) or a recipe .toml"),
     output: Path = typer.Option(..., "--output", "-o", help="folder for the compressed PyTorch model + report"),
     texts: Optional[Path] = typer.Option(None, "--texts", help="calibration text file"),
+    target: str = typer.Option("cpu-x86", "--target", "-t",
+                               help="target whose quantized artifacts a quant-aware step trains for"),
     force: bool = typer.Option(False, "--force"),
 ):
     """Compress a model with a recipe and save the PyTorch result (no export)."""
@@ -189,6 +191,9 @@ def compress(
     try:
         spec = resolve_model(model)
         rec = spec.recipe(recipe)
+        from .pipeline import target_train_view
+
+        quant = target_train_view(target, rec)  # refused here, before any work, if no scheme fits
         check_output(output, force, spec.local_paths())
         source = model_dir(spec)
         with staged_output_dir(output, force, protected=(source, *spec.local_paths()),
@@ -197,7 +202,8 @@ def compress(
             loaded = load_model(spec)
             log(f"compress: recipe {recipe!r}")
             rep = compress_model(loaded.model, rec.steps,
-                                 Calibration(loaded.tokenizer, read_texts(texts) if texts else default_texts()))
+                                 Calibration(loaded.tokenizer, read_texts(texts) if texts else default_texts()),
+                                 quant=quant)
             # pickle format: compressed modules may share tensors (query/key/value smoothing scales, a weight
             # decoder shared across layers), which safetensors refuses to store
             loaded.model.save_pretrained(build, safe_serialization=False)

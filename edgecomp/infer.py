@@ -108,12 +108,9 @@ def artifact_max_length(export_dir: Path, record: dict) -> int:
 
 
 def batch_invariant(record: dict) -> bool:
-    """False when the artifact quantizes activations with one range per tensor (see optimize.quantize)."""
-    if "batch_invariant" in record:
-        return bool(record["batch_invariant"])
-    from .optimize.quantize import PER_TENSOR_ACTIVATION_SCHEMES
-
-    return record.get("quantization") not in PER_TENSOR_ACTIVATION_SCHEMES
+    """False when the artifact quantizes activations with one range per tensor (edgecomp.quant
+    QuantScheme.batch_invariant, recorded per artifact); a record without it is fed one text at a time."""
+    return bool(record.get("batch_invariant", False))
 
 
 def length_groups(lengths: list[int], batch_size: int) -> list[list[int]]:

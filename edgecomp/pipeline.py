@@ -29,7 +29,6 @@ from .errors import EdgecompError
 from .manifest import MANIFEST, sha256, write_json_atomic
 from .outdir import check_output, staged_output_dir, written_files
 from .quiet import native_stderr_silenced
-from .optimize.quantize import PER_TENSOR_ACTIVATION_SCHEMES
 from .models import LoadedModel, load_model, model_dir, resolve_model, weights_bytes
 from .registry import Registry
 from .targets import ArtifactSpec, TargetSpec, load_target
@@ -132,15 +131,13 @@ def produce_onnx(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
     src = ctx.fp32_onnx()
     dst = ctx.out / spec.filename
     info = {"exporter": ctx.onnx_io.get("exporter"), "simplify": ctx.onnx_io.get("simplify")}
-    if spec.precision == "fp32":
+    if spec.scheme is None:
         shutil.copy(src, dst)
     else:
-        from .optimize.quantize import SCHEME_OPTIONS, quantize_onnx
+        from .optimize.quantize import quantize_onnx
 
         ctx.log(f"quantize: {spec.quantization} -> {spec.filename}")
-        scheme = spec.quantization or "dynamic-per-channel"
-        options = {k: spec.options[k] for k in SCHEME_OPTIONS.get(scheme, ()) if k in spec.options}
-        info["quantization"] = quantize_onnx(src, dst, scheme, **options)
+        info["quantization"] = quantize_onnx(src, dst, spec.scheme)
     if ctx.options.custom_ops:
         # After quantization: the quantizers match standard ops only, so functions must wrap their output.
         import onnx
@@ -181,7 +178,7 @@ def produce_tflite(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
     module = PositionalModel(ctx.loaded.model, names, outputs).eval()
     dst = ctx.out / spec.filename
     with native_stderr_silenced():
-        info = export_tflite(module, names, outputs, dst, buckets, spec.quantization)
+        info = export_tflite(module, names, outputs, dst, buckets, spec.scheme)
     return dst, info
 
 
@@ -233,7 +230,8 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
     if art.seq_buckets:
         rec["seq_buckets"] = list(bucket_lengths(art.seq_buckets, ctx.max_length))
     rec["max_length"] = ctx.max_length
-    rec["batch_invariant"] = art.quantization not in PER_TENSOR_ACTIVATION_SCHEMES
+    rec["batch_invariant"] = art.scheme is None or art.scheme.batch_invariant
+    rec["scheme"] = art.scheme.to_json() if art.scheme else None
     rec["session_options"] = default_options(path)  # what an app should load it with (bench/native.py)
     rec.update({k: v for k, v in info.items() if k not in rec})
     rec["metrics"] = measure_artifact(path, rec, ref, ctx.loaded, ctx.target, ctx.options.bench, ctx.log)
@@ -241,40 +239,53 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
     return rec
 
 
-# A recipe may fix the precision its compression was trained for (e.g. int4-aware distillation);
-# it then overrides the target's quantized artifacts, each format with its own int4 scheme.
-INT4_SCHEMES = {"onnx": "block-int4", "ort": "block-int4", "tflite": "int4-block"}
-# Schemes whose int4 block is fixed by the converter (litert-torch quantizes BLOCKWISE_32 only), so a
-# recipe's `block_size` other than that is refused rather than dropped.
-FIXED_INT4_BLOCK = {"int4-block": 32}
+def recipe_scheme(art: ArtifactSpec, recipe) -> ArtifactSpec:
+    """The artifact with the recipe's [quantization] applied to the target's scheme, checked against what its
+    format can store (edgecomp.quant.FORMAT_QUANT): every refusal before any work."""
+    from .quant import FORMAT_QUANT, resolve
 
-
-# A recipe may also store only the embedding tables in 4 bits (`table_precision = "int4"`) and keep the
-# target's int8 MatMuls, whose kernels are cheaper on ARM than 4-bit ones.
-INT4_TABLE_SCHEMES = {"dynamic-per-channel": "dynamic-per-channel-int4-tables"}
-
-
-def recipe_precision(art: ArtifactSpec, recipe) -> ArtifactSpec:
-    wanted = recipe.options.get("precision")
-    tables = recipe.options.get("table_precision")
-    if tables not in (None, "int4"):
-        raise EdgecompError(f"recipe {recipe.name!r} asks for table_precision {tables!r}",
-                            "use table_precision = \"int4\" or leave it out")
-    block = {"block_size": recipe.options["block_size"]} if "block_size" in recipe.options else {}
-    if tables and wanted is None and art.precision == "int8" and art.quantization in INT4_TABLE_SCHEMES:
-        return ArtifactSpec(**{**vars(art), "precision": "int8+int4-tables", "options": {**art.options, **block},
-                               "quantization": INT4_TABLE_SCHEMES[art.quantization]})
-    if wanted in (None, art.precision) or art.precision == "fp32":
+    fq = FORMAT_QUANT[art.format]
+    scheme = resolve(art.scheme, recipe.quantization, art.runtime, lambda w: fq.default_activations(w, art.options))
+    if scheme is None:
         return art
-    if wanted != "int4":
-        raise EdgecompError(f"recipe {recipe.name!r} asks for precision {wanted!r}", "use precision = \"int4\" or leave it to the target")
-    scheme = INT4_SCHEMES[art.format]
-    if block and FIXED_INT4_BLOCK.get(scheme, block["block_size"]) != block["block_size"]:
-        raise EdgecompError(f"recipe {recipe.name!r} asks for int4 blocks of {block['block_size']}, and the {art.format} "
-                            f"converter writes blocks of {FIXED_INT4_BLOCK[scheme]} only",
-                            f"use block_size = {FIXED_INT4_BLOCK[scheme]}, or formats without {art.format}")
-    options = {**art.options, **block, **({"grid": recipe.options["int4_grid"]} if "int4_grid" in recipe.options else {})}
-    return ArtifactSpec(**{**vars(art), "precision": "int4", "quantization": scheme, "options": options})
+    try:
+        scheme = fq.check(scheme)
+    except EdgecompError as e:
+        raise EdgecompError(f"recipe {recipe.name!r}: {e.problem}", e.fix) from None
+    return ArtifactSpec(**{**vars(art), "scheme": scheme})
+
+
+def train_view(job):
+    """What a quant-aware step trains against: the edgecomp.quant.TrainView every quantized artifact of the
+    export agrees on (a plan may name its own format adapters in ``job.state["format_quant"]``); None when
+    nothing is quantized. Artifacts that store different weights (ORT's grid vs LiteRT's folded one) cannot
+    share one training: refused, the recipe names its formats."""
+    from .quant import FORMAT_QUANT
+
+    return artifacts_train_view(job.artifacts, job.recipe, job.state.get("format_quant", FORMAT_QUANT))
+
+
+def artifacts_train_view(artifacts, recipe, adapters):
+    views: dict = {}
+    for a in artifacts:
+        if a.scheme is not None:
+            views.setdefault(adapters[a.format].train_view(a.scheme), []).append(a.filename)
+    if len(views) > 1 and any(s.get("quant_aware") for s in recipe.steps):
+        raise EdgecompError(f"recipe {recipe.name!r} trains for its quantization, and the artifacts store it differently ("
+                            + "; ".join(", ".join(files) for files in views.values()) + ")",
+                            'list the formats it ships, e.g. formats = ["onnx", "ort"] (with formats_reason)')
+    return next(iter(views), None)
+
+
+def target_train_view(target_name: str, recipe):
+    """`edgecomp compress`: the TrainView of ``recipe`` on an (encoder) target's artifacts, for its quant-aware
+    steps; None when no step is quant-aware."""
+    from .quant import FORMAT_QUANT
+
+    if not any(s.get("quant_aware") for s in recipe.steps):
+        return None
+    artifacts, _ = recipe_artifacts(load_target(target_name), recipe)
+    return artifacts_train_view([recipe_scheme(a, recipe) for a in artifacts], recipe, FORMAT_QUANT)
 
 
 def recipe_artifacts(target: TargetSpec, recipe) -> tuple[list[ArtifactSpec], list[dict]]:
@@ -341,7 +352,8 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             from .compress import Calibration, compress_model
 
             log(f"compress: recipe {recipe.name!r} ({len(recipe.steps)} steps)")
-            compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts))
+            compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts),
+                                         quant=train_view(job))
         records = plan.build(job)
 
         shutil.rmtree(work, ignore_errors=True)

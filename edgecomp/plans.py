@@ -65,9 +65,9 @@ class EncoderPlan:
 
     def prepare(self, job: Job) -> None:
         from .bench.fidelity import ReferenceSet
-        from .pipeline import VERIFY_MAX_LENGTH, export_max_length, recipe_precision
+        from .pipeline import VERIFY_MAX_LENGTH, export_max_length, recipe_scheme
 
-        job.artifacts = [recipe_precision(a, job.recipe) for a in job.artifacts]  # every refusal before any work
+        job.artifacts = [recipe_scheme(a, job.recipe) for a in job.artifacts]  # every refusal before any work
         job.state["max_length"] = export_max_length(job.target, job.loaded, job.options.max_length)
         job.log(f"reference: PyTorch fp32 outputs on {len(job.texts)} texts")
         job.state["reference"] = ReferenceSet(job.loaded, job.task, job.texts,
@@ -89,10 +89,13 @@ class CausalLMPlan:
     name = "causal-lm"
 
     def prepare(self, job: Job) -> None:
-        from .llm.export import causal_lm_artifacts
+        from .llm.export import causal_lm_artifacts, causal_lm_schemes
+        from .llm.quantize import LLM_FORMAT_QUANT
 
         job.artifacts, cannot = causal_lm_artifacts(job.loaded, job.artifacts)  # from the config alone
         job.skip(cannot)
+        job.artifacts = causal_lm_schemes(job.artifacts, job.recipe)  # every refusal before any work
+        job.state["format_quant"] = LLM_FORMAT_QUANT
 
     def build(self, job: Job) -> list[dict]:
         from .llm.export import export_causal_lm
@@ -113,7 +116,9 @@ class EarlyExitPlan:
     name = "early-exit"
 
     def prepare(self, job: Job) -> None:
-        pass
+        from .pipeline import recipe_scheme
+
+        job.artifacts = [recipe_scheme(a, job.recipe) for a in job.artifacts]  # the stages quantize as the encoders
 
     def build(self, job: Job) -> list[dict]:
         from .early_exit import export_early_exit

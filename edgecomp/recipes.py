@@ -5,23 +5,26 @@ model file, which takes precedence over the package's recipe of that name)::
 
     description = "int4 weights with int4-aware layer-wise distillation"
     tasks = ["feature-extraction", "text-classification"]   # default: every task
-    precision = "int4"
-    steps = [{method = "distill", fake_quant = "int4", block_size = 32}]
+    steps = [{method = "distill", quant_aware = true}]
+    [quantization]                                           # edgecomp.quant: the one scheme
+    weights = {bits = 4, block = 32}
 
-Recipes are strict: a key nothing reads (at the top level, or in a step against its method's config
-dataclass in edgecomp.compress.METHODS), or a fact stated twice with different values, is refused with
-one line naming the key and the file; nothing is dropped silently.
+Recipes are strict: a key nothing reads (at the top level, in [quantization], or in a step against its
+method's config dataclass in edgecomp.compress.METHODS) is refused with one line naming the key and the
+file, and so is a key of earlier recipes (with the key that states the fact now); nothing is dropped
+silently. Quantization is stated once, in [quantization] (edgecomp.quant), and read by every format and by
+a distill step with ``quant_aware = true``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EdgecompError
 from .paths import recipes_dir
+from .quant import parse_stated, stated_to_json
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,30 +35,38 @@ else:  # pragma: no cover
 # Top-level keys and who reads them; the Recipe fields (name, description, tasks, steps) aside, each lands in
 # Recipe.options. A key missing here is refused, so a new option is declared where it is documented.
 RECIPE_OPTIONS: dict[str, tuple[type | tuple[type, ...], str]] = {
-    # edgecomp.pipeline: which artifacts ship and in which precision
-    "precision": (str, "weights precision of the target's quantized artifacts: int8 (the targets' default) or int4"),
-    "table_precision": (str, '"int4": only the embedding tables go 4-bit, MatMuls stay as the target says'),
-    "block_size": (int, "int4 block along the input axis, for the export and every step that trains for it"),
-    "int4_grid": (str, "4-bit values of the ONNX int4 weights: ort (default) or litert"),
+    # edgecomp.quant: what the target's quantized artifacts store (weights, table, activations; per runtime);
+    # the format adapters and a distill step with quant_aware = true read it
+    "quantization": (dict, "the quantization scheme of the quantized artifacts (see edgecomp.quant)"),
+    # edgecomp.pipeline: which artifacts ship
     "formats": (list, "the only artifact formats this recipe ships (the others are recorded as skipped)"),
     "formats_reason": (str, "why the other formats are skipped (recorded in the manifest)"),
     "keep_factorized": (bool, "keep factorized layers factorized in the ONNX graph"),
-    # edgecomp.llm.export: the causal-LM quantization scheme (see LlmQuantConfig)
-    "llm_layers": (str, "decoder layers' weight scheme"),
-    "llm_ffn_layers": (str, "feed-forward layers' weight scheme"),
-    "llm_table": (str, "token table scheme"),
-    "llm_block_size": (int, "decoder layers' block size"),
-    "llm_table_block_size": (int, "token table block size"),
-    "llm_accuracy_level": (int, "MatMulNBits accuracy_level of the layers"),
-    "llm_head_accuracy_level": (int, "MatMulNBits accuracy_level of the LM head"),
-    "llm_tflite_quantization": (str, "litert-torch quantization recipe of the .tflite"),
-    "llm_prefill_buckets": (list, "prefill lengths of the .tflite signatures"),
+    # edgecomp.llm.export
+    "prefill_buckets": (list, "causal LMs: prefill lengths of the .tflite signatures"),
 }
 RECIPE_FIELDS = ("name", "description", "tasks", "steps")
 
-# Facts a recipe may state at its top level that steps also read: stated in one place, they reach the other;
-# stated in both with different values, the recipe is refused (e.g. distill at block 64, export at 32).
-SHARED_FACTS = ("block_size",)
+# Keys of earlier recipes, refused with the key that states the fact now (a user's old recipe gets a fix).
+RENAMED = {
+    "precision": "[quantization] weights = {bits = 4, block = 32}",
+    "table_precision": "[quantization] table = {bits = 4, block = 32}",
+    "block_size": "[quantization] weights = {bits = 4, block = N}",
+    "int4_grid": '[quantization] weights = {bits = 4, block = 32, grid = "litert"}',
+    "llm_layers": '[quantization] weights = {bits = 4, block = 32, grid = "q4_1"}',
+    "llm_ffn_layers": "[quantization] ffn = {bits = 2, block = 32, symmetric = false}",
+    "llm_table": "[quantization] table = {bits = 4, block = 32}",
+    "llm_block_size": "[quantization] weights = {..., block = N}",
+    "llm_table_block_size": "[quantization] table = {..., block = N}",
+    "llm_accuracy_level": '[quantization] activations = "dynamic-per-row" (accuracy level 4) or "none"',
+    "llm_head_accuracy_level": '[quantization] head_activations = "dynamic-per-row" or "none"',
+    "llm_tflite_quantization": "[quantization.litert] weights = {bits = 4, block = 32}",
+    "llm_prefill_buckets": "prefill_buckets",
+}
+# ... and in steps (the distill step reads the recipe's scheme)
+RENAMED_STEP_KEYS = {"fake_quant": "quant_aware = true (the step trains for the recipe's [quantization])",
+                     "int4_tables": "quant_aware = true with [quantization] table = {bits = 4, block = 32}",
+                     "block_size": "quant_aware = true with the block in [quantization] weights"}
 
 
 @dataclass(frozen=True)
@@ -76,8 +87,14 @@ class Recipe:
     def formats(self) -> list[str] | None:
         return self.options.get("formats")
 
+    @property
+    def quantization(self) -> dict:
+        """The scheme facts the recipe states (edgecomp.quant.parse_stated); empty: the target's schemes."""
+        return self.options.get("quantization", {})
+
     def to_json(self) -> dict:
-        return {"name": self.name, "description": self.description, "steps": list(self.steps), **self.options,
+        options = {**self.options, **({"quantization": stated_to_json(self.quantization)} if self.quantization else {})}
+        return {"name": self.name, "description": self.description, "steps": list(self.steps), **options,
                 **({"file": str(self.path)} if self.path else {})}
 
 
@@ -99,6 +116,9 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
     where = where or f"recipe file {path}"
     if not isinstance(raw, dict):
         raise _refuse(where, f"recipe {name!r} is not a table", f"write it as [recipes.{name}] with keys")
+    old = next((k for k in raw if k in RENAMED), None)
+    if old:
+        raise _refuse(where, f"recipe key {old!r} is gone", f"state it as {RENAMED[old]}")
     unknown = sorted(set(raw) - set(RECIPE_FIELDS) - set(RECIPE_OPTIONS))
     if unknown:
         raise _refuse(where, f"unknown recipe key {unknown[0]!r}",
@@ -112,36 +132,15 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
         raise _refuse(where, "steps is not a list of tables", 'write steps = [{method = "distill", ...}]')
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         raise _refuse(where, "tasks is not a list of task names", 'write e.g. tasks = ["feature-extraction"]')
+    for i, s in enumerate(steps):
+        old = next((k for k in s if k in RENAMED_STEP_KEYS), None)
+        if old:
+            raise _refuse(where, f"step {i + 1} ({s.get('method')}) key {old!r} is gone", f"state {RENAMED_STEP_KEYS[old]}")
     options = {k: v for k, v in raw.items() if k in RECIPE_OPTIONS}
-    _one_value_per_fact(steps, options, where)
+    if "quantization" in options:
+        options["quantization"] = parse_stated(options["quantization"], where, runtimes=True)
     return Recipe(name=str(raw.get("name", name)), description=str(raw.get("description", "")),
                   steps=tuple(steps), options=options, tasks=tuple(tasks), path=path)
-
-
-def _one_value_per_fact(steps: list[dict], options: dict, where: str) -> None:
-    """Each SHARED_FACTS key once: two different values are refused; a value stated only in a step becomes
-    the recipe's (so the export uses what the step trained for)."""
-    for fact in SHARED_FACTS:
-        stated = [(f"recipe-level {fact}", options[fact])] if fact in options else []
-        stated += [(f"step {i + 1} ({s.get('method')}) {fact}", s[fact]) for i, s in enumerate(steps) if fact in s]
-        if len({repr(v) for _, v in stated}) > 1:
-            raise _refuse(where, f"{fact} is stated twice with different values ("
-                          + ", ".join(f"{who} = {v!r}" for who, v in stated) + ")",
-                          f"state {fact} once, at the recipe's top level")
-        if stated:
-            options[fact] = stated[0][1]
-
-
-def with_shared_facts(recipe: Recipe) -> Recipe:
-    """The recipe-level value of each SHARED_FACTS key reaches every step whose method config reads it."""
-    from .compress import METHODS  # the method configs say which steps read the fact (imports torch: not at listing)
-
-    steps = []
-    for s in recipe.steps:
-        cfg = METHODS.get(s["method"])[0] if s.get("method") in METHODS else None
-        reads = {f.name for f in dataclasses.fields(cfg)} if cfg else set()
-        steps.append({**s, **{k: recipe.options[k] for k in SHARED_FACTS if k in recipe.options and k in reads and k not in s}})
-    return dataclasses.replace(recipe, steps=tuple(steps))
 
 
 def check_steps(recipe: Recipe) -> None:
@@ -193,6 +192,5 @@ def find_recipe(name: str, own: dict[str, Recipe], model: str, task: str) -> Rec
     if not recipe.applies_to(task):
         raise EdgecompError(f"recipe {recipe.name!r} applies to {', '.join(recipe.tasks)} models, and {model!r} is {task}",
                             f"use a recipe listed for {task} in `edgecomp recipes`, or `--recipe none`")
-    recipe = with_shared_facts(recipe)
     check_steps(recipe)
     return recipe

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import EdgecompError
 from .paths import targets_dir
+from .quant import QuantScheme, parse_scheme
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,13 +21,12 @@ RUNTIMES = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "litert"}
 
 @dataclass(frozen=True)
 class ArtifactSpec:
-    """One file a target wants: its format, runtime and precision."""
+    """One file a target wants: its format, runtime and quantization scheme (None: fp32)."""
 
     name: str
     format: str
     runtime: str
-    precision: str  # fp32 | int8 | int4
-    quantization: str | None = None  # dynamic-per-channel | dynamic-per-tensor | dynamic-int8 | block-int4
+    scheme: QuantScheme | None = None
     primary: bool = False
     source: str | None = None  # "onnx": derived from the onnx artifact of the same precision
     seq_buckets: tuple[int, ...] = ()
@@ -35,6 +35,18 @@ class ArtifactSpec:
     @property
     def filename(self) -> str:
         return f"{self.name}.{self.format}"
+
+    @property
+    def precision(self) -> str:
+        """fp32 | int8 | int4 | int8+int4-tables: follows from the scheme (the manifest's short name)."""
+        return self.scheme.precision if self.scheme else "fp32"
+
+    @property
+    def quantization(self) -> str | None:
+        """The scheme's name in this format's terms (e.g. dynamic-per-channel, int4-block), for the manifest."""
+        from .quant import FORMAT_QUANT
+
+        return FORMAT_QUANT[self.format].label(self.scheme) if self.scheme else None
 
 
 @dataclass(frozen=True)
@@ -101,13 +113,22 @@ def _parse(path: Path) -> TargetSpec:
         if fmt not in FORMATS:
             raise EdgecompError(f"target {path.name}: unknown artifact format {fmt!r}", f"use one of {FORMATS}")
         known = {"name", "format", "runtime", "precision", "quantization", "primary", "from", "seq_buckets"}
+        where = f"target {path.name}, artifact {a.get('name', 'model')}.{fmt}"
+        stale = next((k for k in ("block_size", "grid") if k in a), None)
+        if stale:  # read by nothing now: the block and grid are the scheme's
+            raise EdgecompError(f"{where}: {stale} is no artifact option",
+                                "state it in quantization = {weights = {bits = 4, block = 32, grid = \"ort\"}}")
+        scheme = parse_scheme(a["quantization"], where) if a.get("quantization") is not None else None
+        precision = scheme.precision if scheme else "fp32"
+        if a.get("precision", precision) != precision:  # a target may still say it; once, consistently
+            raise EdgecompError(f"{where}: precision = {a['precision']!r} contradicts its quantization ({precision})",
+                                "drop precision: it follows from quantization")
         arts.append(
             ArtifactSpec(
                 name=a.get("name", "model"),
                 format=fmt,
                 runtime=a.get("runtime", RUNTIMES[fmt]),
-                precision=a.get("precision", "fp32"),
-                quantization=a.get("quantization"),
+                scheme=scheme,
                 primary=bool(a.get("primary", False)),
                 source=a.get("from"),
                 seq_buckets=tuple(a.get("seq_buckets", ())),

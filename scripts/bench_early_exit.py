@@ -71,7 +71,7 @@ def compare_head_kinds(loaded, cfg, eval_set, log) -> list[dict]:
     return rows
 
 
-def export_single(module, io, work: Path, name: str, scheme: str, opset: int, H: int, C: int) -> Path:
+def export_single(module, io, work: Path, name: str, scheme, opset: int, H: int, C: int) -> Path:
     from edgecomp.early_exit.export import export_onnx_chain
     from edgecomp.optimize.quantize import quantize_onnx
 
@@ -152,7 +152,7 @@ def main() -> None:
     loaded.tokenizer.save_pretrained(build)
     block = result["early_exit"]
     int8_set = next(k for k, v in block["stage_sets"].items() if v["format"] == "onnx" and v["precision"] == "int8")
-    scheme = next(a.quantization for a in target.artifacts if a.format == "onnx" and a.precision == "int8")
+    scheme = next(a.scheme for a in target.artifacts if a.format == "onnx" and a.precision == "int8")
     heads, *_ = trained_heads(loaded, cfg, log)
     stages = build_stages(model, heads)
     in_names = stages[0].io.inputs

@@ -35,7 +35,7 @@ from edgecomp.compress import Calibration, compress_model
 from edgecomp.manifest import write_text_atomic
 from edgecomp.models import model_dir, resolve_model
 from edgecomp.runtime import open_artifact
-from edgecomp.studies.encoder_artifacts import lower_encoder, quantized
+from edgecomp.studies.encoder_artifacts import lower_encoder, quantized, train_view
 from edgecomp.studies.sst2_embeddings import embed_artifact, embed_torch, fit_probe, measure, probe_accuracy, study_texts
 
 ROOT = Path(__file__).resolve().parent.parent  # results/ of the checkout
@@ -69,29 +69,39 @@ CONFIGS: dict[str, tuple[list, str, str]] = {
                              {"method": "distill"}], "recovery", ""),
     "asvd-ff-r1.5": ([{"method": "lowrank", "modules": FF, "ratio": 1.5, "activation_aware": True}], "recovery", ""),
     "asvd-ff-r1.5+distill-q8": ([{"method": "lowrank", "modules": FF, "ratio": 1.5, "activation_aware": True},
-                                 {"method": "distill", "fake_quant": "int8"}], "recovery", ""),
+                                 {"method": "distill", "quant_aware": True}], "recovery", ""),
     "asvd-ff-r1.5+distill-q4": ([{"method": "lowrank", "modules": FF, "ratio": 1.5, "activation_aware": True},
-                                 {"method": "distill", "fake_quant": "int4"}], "recovery", "fewer MACs and int4"),
-    "distill-q4": ([{"method": "distill", "fake_quant": "int4"}], "recovery",
+                                 {"method": "distill", "quant_aware": True}], "recovery", "fewer MACs and int4"),
+    "distill-q4": ([{"method": "distill", "quant_aware": True}], "recovery",
                    "no compression; quantization-aware recovery for int4"),
     # --- candidates for the `small` recipe (< 8 MB)
     "small-a": ([{"method": "ae-embedding", "latent_dim": 192},
-                 {"method": "distill", "fake_quant": "int4"}], "small", ""),
+                 {"method": "distill", "quant_aware": True}], "small", ""),
     "small-b": ([{"method": "ae-embedding", "latent_dim": 128},
                  {"method": "lowrank", "modules": FF, "ratio": 1.5, "activation_aware": True},
-                 {"method": "distill", "fake_quant": "int4"}], "small", ""),
+                 {"method": "distill", "quant_aware": True}], "small", ""),
     # the ~8.9 MB point: the smallest table that keeps int4 layers, with int4-aware recovery of everything after it
     "ae-emb-96+distill-q4": ([{"method": "ae-embedding", "latent_dim": 96},
-                              {"method": "distill", "fake_quant": "int4"}], "small", ""),
+                              {"method": "distill", "quant_aware": True}], "small", ""),
     "ae-emb-128+distill-q4": ([{"method": "ae-embedding", "latent_dim": 128},
-                               {"method": "distill", "fake_quant": "int4"}], "small", ""),
+                               {"method": "distill", "quant_aware": True}], "small", ""),
     "none-b128": ([], "baseline", "int4 artifact with blocks of 128"),
-    "distill-q4-b128": ([{"method": "distill", "fake_quant": "int4", "block_size": 128}], "recovery", "int4 artifact with blocks of 128"),
-    "distill-q4-b64": ([{"method": "distill", "fake_quant": "int4", "block_size": 64}], "recovery", "int4 artifact with blocks of 64"),
-    "distill-q4-b128-long": ([{"method": "distill", "fake_quant": "int4", "block_size": 128, "steps": 200, "final_steps": 100}],
+    "distill-q4-b128": ([{"method": "distill", "quant_aware": True}], "recovery", "int4 artifact with blocks of 128"),
+    "distill-q4-b64": ([{"method": "distill", "quant_aware": True}], "recovery", "int4 artifact with blocks of 64"),
+    "distill-q4-b128-long": ([{"method": "distill", "quant_aware": True, "steps": 200, "final_steps": 100}],
                              "recovery", "blocks of 128; 2x block steps + 100 end-to-end steps"),
 }
 INT4_BLOCK = {"none-b128": 128, "distill-q4-b128": 128, "distill-q4-b64": 64, "distill-q4-b128-long": 128}  # default 32
+
+
+def int4(name: str) -> dict:
+    return {"weights": {"bits": 4, "block": INT4_BLOCK.get(name, 32)}}
+
+
+INT8 = "dynamic-per-channel"
+# what each config's quant-aware distillation trains for: the int8 ("-q8") or the int4 ONNX artifact
+TRAINS_FOR = {n: (INT8 if "q8" in n else int4(n)) for n, (steps, _, _) in CONFIGS.items()
+              if any(s.get("quant_aware") for s in steps)}
 QUICK = ["none", "svd-emb-96", "ae-emb-96", "kron-emb-d2=4", "svd-lin-r2", "asvd-lin-r2", "kron-lin-r2",
          "ae-w-joint-r2", "ae-w-layer-r2", "distill-q4", "small-b", "asvd-ff-r1.5", "asvd-ff-r1.5+distill-q8"]
 
@@ -126,7 +136,8 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         model = copy.deepcopy(base)
         try:
-            report = compress_model(model, steps, calibration)
+            quant = train_view(TRAINS_FOR[name]) if name in TRAINS_FOR else None
+            report = compress_model(model, steps, calibration, quant=quant)
         except Exception as e:  # one impossible configuration must not end the study
             results["configs"][name] = {"group": group, "note": note, "steps": steps, "error": str(e)}
             print(json.dumps({name: {"error": str(e)}}), flush=True)
@@ -139,8 +150,8 @@ def run(args) -> dict:
         # keep_factorized: the study measures each method's factorized form (folding would re-densify it)
         fp32 = lower_encoder(model, work / f"{name}.onnx", keep_factorized=True)
         arts = {"onnx_fp32": fp32,
-                "onnx_int8": quantized(fp32, work / f"{name}.int8.onnx", "dynamic-per-channel"),
-                "onnx_int4": quantized(fp32, work / f"{name}.int4.onnx", "block-int4", block_size=INT4_BLOCK.get(name, 32))}
+                "onnx_int8": quantized(fp32, work / f"{name}.int8.onnx", INT8),
+                "onnx_int4": quantized(fp32, work / f"{name}.int4.onnx", int4(name))}
         for kind, path in arts.items():
             breakdown = onnx_size_breakdown(path)
             a = {"size_bytes": os.path.getsize(path), "size_breakdown": {k: breakdown[k] for k in COMPONENTS}}

@@ -16,6 +16,7 @@ from edgecomp.bench.size import torch_size_breakdown
 from edgecomp.cli import app
 from edgecomp.compress import Calibration, compress_model
 from edgecomp.compress.distill import fake_quant_int4_litert
+from edgecomp.quant import TrainView, WeightQuant
 from edgecomp.errors import EdgecompError
 from tiny import TINY_ENCODERS, recipe_file, save_tiny_encoder, tiny_encoder, write_tiny_tokenizer
 
@@ -165,16 +166,20 @@ def test_litert_int4_grid_stores_an_all_zero_block_exactly():
 def test_int4_tflite_distillation_stays_finite_on_a_fresh_bert(calibration, one_torch_thread):
     model = tiny_encoder("bert")
     assert (model.embeddings.word_embeddings.weight[0] == 0).all()  # padding row
-    compress_model(model, [{"method": "distill", "fake_quant": "int4-tflite", "steps": 2}], calibration)
+    litert4 = WeightQuant(4, 32, grid="litert", symmetric=True)  # the .tflite's int4, on LayerNorm-folded weights
+    compress_model(model, [{"method": "distill", "quant_aware": True, "steps": 2}], calibration,
+                   quant=TrainView(litert4, litert4, "dynamic-per-row", fold_layernorm=True))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 # --- compression through export: the shipped recipes' steps, few distillation steps -----------------------
 QUICK = {
-    "small": 'precision = "int4"\nsteps = [{method = "distill", fake_quant = "int4", block_size = 32, steps = 5}]\n',
-    "fast": 'table_precision = "int4"\nsteps = [{method = "prune-ffn", keep = 0.9},\n'
+    "small": 'steps = [{method = "distill", quant_aware = true, steps = 5}]\n'
+             '[quantization]\nweights = {bits = 4, block = 32}\n',
+    "fast": 'steps = [{method = "prune-ffn", keep = 0.9},\n'
             '  {method = "smooth", alpha = 0.85, exclude = ["attention-output"]},\n'
-            '  {method = "distill", fake_quant = "int8-dynamic", int4_tables = true, steps = 5}]\n',
+            '  {method = "distill", quant_aware = true, steps = 5}]\n'
+            '[quantization]\ntable = {bits = 4, block = 32}\n',
 }
 
 

@@ -101,13 +101,16 @@ def test_distill_on_a_causal_lm():
 def test_int4_tflite_fake_quant_folds_the_layernorm_scale():
     """The weight a folded Linear trains with is LiteRT's int4 of W·diag(gamma), with gamma taken back out."""
     from edgecomp.compress.distill import add_fake_quant, fake_quant_int4_litert, remove_fake_quant
+    from edgecomp.quant import TrainView, WeightQuant
 
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 48))
     with torch.no_grad():
         block[0].weight.uniform_(0.5, 2.0)
     w, g = block[1].weight.detach().clone(), block[0].weight.detach().clone()
-    done = add_fake_quant(block, "int4-tflite", 32, folds={block[1]: block[0]})
+    litert4 = WeightQuant(4, 32, grid="litert", symmetric=True)  # what LiteRT's converter stores
+    done = add_fake_quant(block, TrainView(litert4, litert4, "dynamic-per-row", fold_layernorm=True),
+                          folds={block[1]: block[0]})
     want = (fake_quant_int4_litert((w * g[None, :]).T, 32) / g[:, None]).T
     assert torch.allclose(block[1].weight, want, atol=1e-6)
     assert not torch.allclose(block[1].weight, fake_quant_int4_litert(w.T, 32).T)  # folding changes the grid

@@ -18,6 +18,7 @@ from transformers import BertConfig, BertModel
 
 from edgecomp.compress import METHODS, Calibration, compress_model
 from edgecomp.runtime import open_artifact
+from edgecomp.studies.encoder_artifacts import train_view
 
 from shipped import hidden_states, lower_encoder, lower_module_outputs
 
@@ -68,12 +69,17 @@ RECIPES = {
     "ae-weights-decode": ([{"method": "ae-weights", "latent_dim": 8, "steps": 10, "lowering": "decode",
                             "joint": False}], None),
     "prune+smooth+distill": ([{"method": "prune-ffn", "keep": 0.5}, {"method": "smooth"},
-                              {"method": "distill", "steps": 5, "fake_quant": "int8-dynamic", "int4_tables": True}],
+                              {"method": "distill", "steps": 5, "quant_aware": True}],
                              L * (LIN_ATT + 2 * H * (I // 2) + I // 2 + H)),
     "combined+distill": ([{"method": "ae-embedding", "latent_dim": 24, "steps": 10},
                           {"method": "lowrank", "ratio": 1.5, "activation_aware": True},
-                          {"method": "distill", "steps": 5, "fake_quant": "int8"}], None),
+                          {"method": "distill", "steps": 5, "quant_aware": True}], None),
 }
+# What the quant-aware distill steps train for: the ONNX artifact of each scheme (int8 MatMuls with ORT's
+# per-tensor activation ranges, with 4-bit tables or int8 ones)
+QUANT = {"prune+smooth+distill": {"weights": {"bits": 8}, "table": {"bits": 4, "block": 32},
+                                  "activations": "dynamic-per-tensor"},
+         "combined+distill": "dynamic-per-channel"}
 DENSE_ENCODER = L * (LIN_ATT + LIN_FF + 4 * H)  # + 2 LayerNorms per layer
 EMB_OTHER = 512 * H + 2 * H + 2 * H  # position + token type + LayerNorm
 POOLER = H * H + H
@@ -83,7 +89,8 @@ POOLER = H * H + H
 def compressed(request, tmp_path_factory):
     steps, _ = RECIPES[request.param]
     model = tiny_bert()
-    report = compress_model(model, steps, calibration())
+    quant = train_view(QUANT[request.param]) if request.param in QUANT else None
+    report = compress_model(model, steps, calibration(), quant=quant)
     path = lower_encoder(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx")
     return request.param, model, report, open_artifact(path, threads=1)
 

@@ -21,6 +21,7 @@ from edgecomp.compress.distill import add_fake_quant, remove_fake_quant
 from edgecomp.compress.layers import SmoothedLinear
 from edgecomp.compress.prune_ffn import down_input_covariance
 from edgecomp.errors import EdgecompError
+from edgecomp.studies.encoder_artifacts import train_view
 
 from shipped import export_cli, hidden_states, lower_encoder, lower_module, open_target, quantized, run_module
 from test_compress_distill import _tiny_llama
@@ -165,7 +166,7 @@ def test_int8_dynamic_fake_quant_simulates_onnxruntime(tmp_path):
     ort8 = run_module(q, x.numpy())
     with torch.no_grad():
         fp32 = lin(x).numpy()
-        done = add_fake_quant(lin, "int8-dynamic", 32)
+        done = add_fake_quant(lin, train_view("dynamic-per-channel"))
         sim = lin(x[None]).numpy()[0]  # batch of one sequence: one range for the whole tensor, as in ORT
         remove_fake_quant(done)
         assert np.array_equal(lin(x).numpy(), fp32)  # hook and parametrization gone
@@ -191,12 +192,12 @@ def _int16_pair_saturation(quantized_onnx, x: np.ndarray) -> np.ndarray:
 
 
 def test_int8_with_int4_tables(tiny_bert_dir, few_texts, tmp_path):
-    """A recipe's `table_precision = "int4"` on a saved folder: the int8 artifact keeps int8 MatMuls and
+    """A recipe's `[quantization] table = {bits = 4, block = 32}` on a saved folder: the int8 artifact keeps int8 MatMuls and
     stores the token table in 4 bits, and still matches PyTorch."""
     import onnx
     from transformers import AutoModel
 
-    (tmp_path / "tables.toml").write_text('description = "int4 tables"\ntable_precision = "int4"\nsteps = []\n')
+    (tmp_path / "tables.toml").write_text('description = "int4 tables"\nsteps = []\n[quantization]\ntable = {bits = 4, block = 32}\n')
     target = open_target(tmp_path / "int8.toml", [{"name": "model", "format": "onnx", "precision": "int8",
                                                    "quantization": "dynamic-per-channel", "primary": True}])
     m = export_cli(tiny_bert_dir, target, tmp_path / "o", tmp_path / "tables.toml", few_texts)

@@ -173,9 +173,9 @@ def test_export_causal_lm_for_a_target(tmp_path):
 
     (tmp_path / "t.toml").write_text(
         'name = "t"\nopset = 17\n'
-        '[[artifacts]]\nname = "model-fp32"\nformat = "onnx"\nprecision = "fp32"\n'
-        '[[artifacts]]\nname = "model"\nformat = "onnx"\nprecision = "int4"\nquantization = "block-int4"\nprimary = true\n'
-        '[[artifacts]]\nname = "model"\nformat = "ort"\nprecision = "int4"\nquantization = "block-int4"\n')
+        '[[artifacts]]\nname = "model-fp32"\nformat = "onnx"\n'
+        '[[artifacts]]\nname = "model"\nformat = "onnx"\nquantization = {weights = {bits = 4, block = 32}}\nprimary = true\n'
+        '[[artifacts]]\nname = "model"\nformat = "ort"\nquantization = {weights = {bits = 4, block = 32}}\n')
     loaded = SimpleNamespace(model=tiny_llama(seed=2, on_gguf_grid=True), tokenizer=CharTokenizer())
     out = tmp_path / "out"
     out.mkdir()
@@ -255,7 +255,7 @@ def test_smollm2_lossless_4bit_export(tmp_path):
 
     loaded = load_model(resolve_model("smollm2-135m"))
     (tmp_path / "t.toml").write_text('name = "t"\nopset = 17\n[[artifacts]]\nname = "model"\nformat = "onnx"\n'
-                                     'precision = "int4"\nquantization = "block-int4"\nprimary = true\n')
+                                     'quantization = {weights = {bits = 4, block = 32}}\nprimary = true\n')
     out = tmp_path / "out"
     out.mkdir()
     texts = ["The capital of France is", "Water boils at a temperature of one hundred degrees Celsius at sea level."]

@@ -118,9 +118,10 @@ def tiny_int4_export(tiny_bert_dir, tmp_path_factory) -> Path:
     t.write_text(
         'name = "int4"\nopset = 18\n[tolerance]\ncos_mean = 0.9\ncos_min = 0.8\n'
         '[bench]\nbatch = 1\nseq_len = 32\nthreads = [1]\nwarmup = 1\nruns = 3\n'
-        '[[artifacts]]\nname = "model"\nformat = "onnx"\nprecision = "int4"\nquantization = "block-int4"\n'
-        'block_size = 16\naccuracy_level = 4\nprimary = true\n'
-        '[[artifacts]]\nname = "model"\nformat = "ort"\nprecision = "int4"\nquantization = "block-int4"\nblock_size = 16\n')
+        '[[artifacts]]\nname = "model"\nformat = "onnx"\n'
+        'quantization = {weights = {bits = 4, block = 16}, activations = "dynamic-per-row"}\nprimary = true\n'
+        '[[artifacts]]\nname = "model"\nformat = "ort"\n'
+        'quantization = {weights = {bits = 4, block = 16}, activations = "dynamic-per-row"}\n')
     out = d / "o"
     res = runner.invoke(app, ["export", str(tiny_bert_dir), "--target", str(t), "-o", str(out), "--no-bench"])
     assert res.exit_code == 0, res.output
@@ -314,17 +315,22 @@ def test_recipe_formats_skip_artifacts_and_move_primary():
         recipe_artifacts(android, Recipe("r", options={"formats": ["coreml"]}))
 
 
-def test_recipe_table_precision_keeps_int8_matmuls():
-    """`table_precision = "int4"`: ONNX/ORT artifacts get 4-bit tables with int8 MatMuls; LiteRT keeps int8."""
+def test_recipe_table_scheme_keeps_int8_matmuls():
+    """`[quantization] table = {bits = 4, block = 32}`: ONNX/ORT artifacts get 4-bit tables with the target's
+    int8 MatMuls; LiteRT, which quantizes tables as the weights, refuses it in one line."""
     from edgecomp.errors import EdgecompError
     from edgecomp.models import Recipe
-    from edgecomp.pipeline import recipe_precision
+    from edgecomp.pipeline import recipe_scheme
+    from edgecomp.quant import WeightQuant
     from edgecomp.targets import load_target
 
-    recipe = Recipe("r", options={"table_precision": "int4"})
-    got = {a.format: recipe_precision(a, recipe) for a in load_target("android").artifacts}
+    recipe = Recipe("r", options={"quantization": {"table": WeightQuant(4, 32)}})
+    arts = {a.format: a for a in load_target("android").artifacts}
+    got = {f: recipe_scheme(arts[f], recipe) for f in ("onnx", "ort")}
     assert got["onnx"].precision == got["ort"].precision == "int8+int4-tables"
     assert got["onnx"].quantization == "dynamic-per-channel-int4-tables"
-    assert got["tflite"].precision == "int8"
-    with pytest.raises(EdgecompError, match="table_precision"):
-        recipe_precision(load_target("android").artifacts[0], Recipe("r", options={"table_precision": "int2"}))
+    assert got["onnx"].scheme.activations == "dynamic-per-tensor" and not got["onnx"].scheme.batch_invariant
+    with pytest.raises(EdgecompError, match="LiteRT quantizes tables as the weights"):
+        recipe_scheme(arts["tflite"], recipe)
+    with pytest.raises(EdgecompError, match="sub-byte weights ship in blocks only"):
+        recipe_scheme(arts["onnx"], Recipe("r", options={"quantization": {"table": WeightQuant(2)}}))

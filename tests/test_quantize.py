@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgecomp.compress.distill import fake_quant_int4_litert
 from edgecomp.errors import EdgecompError
 from edgecomp.optimize.quantize import litert_int4_blocks, quantize_onnx
+from edgecomp.quant import parse_scheme
 from edgecomp.runtime.ort import ort_session
 
 K, N, V = 64, 96, 50
@@ -60,7 +61,8 @@ def test_litert_grid_matches_ai_edge_quantizer():
 def test_ort_int4_on_litert_grid_stores_litert_values(tmp_path, block):
     w, table = _weights(1)
     _matmul_gather_model(w, table, tmp_path / "f.onnx")
-    info = quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", "block-int4", block_size=block, grid="litert")
+    scheme = parse_scheme({"weights": {"bits": 4, "block": block, "grid": "litert"}}, "test")
+    info = quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", scheme)
     assert info["grid"] == "litert"
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
     assert sorted(ops) == ["GatherBlockQuantized", "MatMulNBits"]
@@ -75,8 +77,14 @@ def test_ort_int4_on_litert_grid_stores_litert_values(tmp_path, block):
 
 
 def test_unknown_grid_is_refused(tmp_path):
+    with pytest.raises(EdgecompError, match="grid = 'nf4' is unknown"):
+        parse_scheme({"weights": {"bits": 4, "block": 32, "grid": "nf4"}}, "test")
+
+
+def test_a_grid_onnx_cannot_store_is_refused_before_writing(tmp_path):
     w, table = _weights()
     _matmul_gather_model(w, table, tmp_path / "f.onnx")
-    with pytest.raises(EdgecompError, match="unknown int4 grid"):
-        quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", "block-int4", grid="nf4")
+    q4_1 = parse_scheme({"weights": {"bits": 4, "block": 32, "grid": "q4_1"}}, "test")
+    with pytest.raises(EdgecompError, match="ORT's or LiteRT's grid"):
+        quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", q4_1)
     assert not (tmp_path / "q.onnx").exists()

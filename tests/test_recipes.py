@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgecomp.cli import app
+from edgecomp.quant import WeightQuant
 
 runner = CliRunner()
 
@@ -72,7 +73,7 @@ def test_models_list_generic_recipes_per_task():
     llm = resolve_model("smollm2-135m")
     # the encoder distillation does not apply to a decoder; its own `small` (GGUF Q4_1 blocks) overrides
     assert "fast" not in llm.recipe_names() and "small" in llm.recipe_names()
-    assert "llm_layers" in llm.recipe("small").options
+    assert llm.recipe("small").quantization["weights"].grid == "q4_1"
 
 
 def test_reference_model_file_keeps_its_recipes_identical():
@@ -82,12 +83,12 @@ def test_reference_model_file_keeps_its_recipes_identical():
     spec = resolve_model("all-minilm-l6-v2")
     assert not spec.recipes  # the model file states nothing generic
     small = spec.recipe("small")
-    assert small.steps == ({"method": "distill", "fake_quant": "int4", "block_size": 32, "steps": 100, "lr": 1e-4},)
-    assert small.options["precision"] == "int4" and small.options["formats"] == ["onnx", "ort"]
+    assert small.steps == ({"method": "distill", "quant_aware": True, "steps": 100, "lr": 1e-4},)
+    assert small.quantization == {"weights": WeightQuant(4, 32)} and small.options["formats"] == ["onnx", "ort"]
     fast = spec.recipe("fast")
     assert [s["method"] for s in fast.steps] == ["prune-ffn", "smooth", "distill"]
     assert fast.steps[1] == {"method": "smooth", "alpha": 0.85, "exclude": ["attention-output"]}  # a role: any family
-    assert fast.options["table_precision"] == "int4" and "block_size" not in fast.steps[2]
+    assert fast.quantization == {"table": WeightQuant(4, 32)} and fast.steps[2]["quant_aware"]
     assert spec.recipe("small-tflite").options["formats"] == ["tflite"]
     assert spec.recipe("small").path.parent.name == "recipes"
 
@@ -117,10 +118,10 @@ def test_local_directory_takes_a_generic_recipe(tiny_bert_dir, loose_target, tmp
 
 
 def test_user_recipe_file_states_block_size_once(tiny_bert_dir, loose_target, tmp_path):
-    """`--recipe path.toml`: the top-level block_size reaches the distill step AND the int4 export."""
+    """`--recipe path.toml`: the block of [quantization] reaches the distill step AND the int4 export."""
     r = tmp_path / "mine.toml"
-    r.write_text('description = "mine"\nprecision = "int4"\nblock_size = 16\n'
-                 'steps = [{method = "distill", fake_quant = "int4", steps = 2, lr = 1e-4}]\n')
+    r.write_text('description = "mine"\nsteps = [{method = "distill", quant_aware = true, steps = 2, lr = 1e-4}]\n'
+                 '[quantization]\nweights = {bits = 4, block = 16}\n')
     out = tmp_path / "o"
     res = runner.invoke(app, ["export", str(tiny_bert_dir), "--target", str(loose_target), "--recipe", str(r),
                               "-o", str(out), "--no-bench"])
@@ -128,19 +129,15 @@ def test_user_recipe_file_states_block_size_once(tiny_bert_dir, loose_target, tm
     m = json.loads((out / "manifest.json").read_text())
     assert m["recipe"]["name"] == "mine" and m["recipe"]["file"] == str(r.resolve())
     (step,) = m["compression"]["steps"]
-    assert step["method"] == "distill" and step["config"]["block_size"] == 16
+    assert step["method"] == "distill" and step["config"]["quantization"]["weights"]["block"] == 16
     art = {a["path"]: a for a in m["artifacts"]}["model.onnx"]
     assert art["precision"] == "int4" and _int4_block_sizes(out / "model.onnx") == {16}
 
 
 @pytest.mark.parametrize("body, needles", [
     ('description = "x"\nsteps = []\nprecison = "int4"\n', ["unknown recipe key 'precison'"]),
-    ('steps = [{method = "distill", fake_quant = "int4", stepz = 3}]\n', ["unknown key(s) 'stepz'", "distill"]),
-    ('block_size = 64\nsteps = [{method = "distill", fake_quant = "int4", block_size = 32}]\n',
-     ["block_size is stated twice", "recipe-level block_size = 64", "step 1 (distill) block_size = 32"]),
-    ('steps = [{method = "lowrank"}, {method = "distill", block_size = 32}, {method = "distill", block_size = 64}]\n',
-     ["block_size is stated twice"]),
-    ('precision = 4\nsteps = []\n', ["precision = 4 has the wrong type"]),
+    ('steps = [{method = "distill", quant_aware = true, stepz = 3}]\n', ["unknown key(s) 'stepz'", "distill"]),
+    ('steps = []\nquantization = 4\n', ["quantization = 4 has the wrong type"]),
     ('steps = [{method = "prune-everything"}]\n', ["unknown compression method 'prune-everything'"]),
     ('tasks = ["text-generation"]\nsteps = []\n', ["applies to text-generation", "feature-extraction"]),
     ('steps = [\n', ["cannot be read"]),
@@ -170,10 +167,10 @@ def test_model_file_recipe_overrides_and_is_strict(tiny_bert_dir, tmp_path, monk
     toml = tmp_path / "models" / "tiny.toml"
     rel = os.path.relpath(tiny_bert_dir, toml.parent)
     toml.write_text(f'name = "tiny"\ntask = "feature-extraction"\npooling = "mean"\n[source]\nkind = "local"\n'
-                    f'path = "{rel}"\n[recipes.int4]\ndescription = "my int4"\nprecision = "int4"\nblock_size = 16\n')
+                    f'path = "{rel}"\n[recipes.int4]\ndescription = "my int4"\nquantization = {{weights = {{bits = 4, block = 16}}}}\n')
     monkeypatch.chdir(tmp_path)
     spec = resolve_model("models/tiny.toml")
-    assert spec.recipe("int4").description == "my int4" and spec.recipe("int4").options["block_size"] == 16
+    assert spec.recipe("int4").description == "my int4" and spec.recipe("int4").quantization["weights"].block == 16
     assert spec.recipe("fast").path.parent.name == "recipes"  # the rest from the package
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -228,23 +225,22 @@ def test_bench_and_report_from_another_folder(tiny_bert_dir, fast_target, tmp_pa
     assert (a / "out" / "x" / "report.md").exists() and "cpu-x86-fast" in res.output
 
 
-def test_block_size_of_a_distill_step_is_the_export_block_size(tmp_path):
-    """A distillation trained at block 64 exports at 64 (no longer silently at 32), and a format whose
-    converter writes only blocks of 32 refuses it before any work."""
+def test_block_of_the_scheme_is_the_export_block_and_a_fixed_block_format_refuses_it(tmp_path):
+    """The scheme's block 64 reaches the ONNX artifacts (no longer silently 32), and a format whose converter
+    writes only blocks of 32 refuses it before any work."""
     from edgecomp.errors import EdgecompError
-    from edgecomp.pipeline import recipe_precision
+    from edgecomp.pipeline import recipe_scheme
     from edgecomp.recipes import find_recipe
     from edgecomp.targets import load_target
 
     r = tmp_path / "b64.toml"
-    r.write_text('precision = "int4"\nsteps = [{method = "distill", fake_quant = "int4", block_size = 64}]\n')
+    r.write_text('steps = [{method = "distill", quant_aware = true}]\n[quantization]\nweights = {bits = 4, block = 64}\n')
     recipe = find_recipe(str(r), {}, "m", "feature-extraction")
-    assert recipe.options["block_size"] == 64
     arts = {a.format: a for a in load_target("android").artifacts}
-    onnx = recipe_precision(arts["onnx"], recipe)
-    assert onnx.quantization == "block-int4" and onnx.options["block_size"] == 64
-    with pytest.raises(EdgecompError, match="blocks of 64.*tflite.*blocks of 32"):
-        recipe_precision(arts["tflite"], recipe)
+    onnx = recipe_scheme(arts["onnx"], recipe)
+    assert onnx.quantization == "block-int4" and onnx.scheme.weights.block == 64 and onnx.scheme.table.block == 64
+    with pytest.raises(EdgecompError, match="TFLite artifact cannot store.*int4 blocks of 32"):
+        recipe_scheme(arts["tflite"], recipe)
 
 
 @pytest.mark.parametrize("name", GENERIC)

@@ -12,9 +12,14 @@ import torch
 
 from edgecomp.errors import EdgecompError
 from edgecomp.lower.tflite import export_tflite
+from edgecomp.quant import parse_scheme
 from edgecomp.runtime import open_artifact
 from edgecomp.tasks.feature_extraction import cosine_rows, pool
 from tiny import IO_NAMES, encoder_module, tiny_bert
+
+# the schemes the android target and the int4 recipe give its .tflite
+INT8 = parse_scheme({"weights": {"bits": 8}, "activations": "dynamic-per-row"}, "test")
+INT4 = parse_scheme({"weights": {"bits": 4, "block": 32}, "activations": "dynamic-per-row"}, "test")
 
 NAMES = IO_NAMES
 VOCAB = 2000
@@ -30,7 +35,7 @@ def bert():
 def exported(bert, tmp_path_factory):
     d = tmp_path_factory.mktemp("tflite")
     fp32 = export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], d / "fp32.tflite", [16, 8], None)
-    int8 = export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], d / "int8.tflite", [8, 16], "dynamic-int8")
+    int8 = export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], d / "int8.tflite", [8, 16], INT8)
     return d, fp32, int8
 
 
@@ -87,7 +92,7 @@ def test_dynamic_int8_is_smaller_and_close(bert, exported):
 
 def test_int4_block_is_smaller_than_int8(bert, exported, tmp_path):
     _, _, int8 = exported
-    info = export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "int4.tflite", [16], "int4-block")
+    info = export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "int4.tflite", [16], INT4)
     assert info["size_bytes"] < int8["size_bytes"]
     feeds = _feeds(4, 16, seed=2)
     got = open_artifact(tmp_path / "int4.tflite", threads=1).run(feeds)["last_hidden_state"]
@@ -138,9 +143,11 @@ def test_corrupt_file_is_a_clear_error(exported, tmp_path):
         open_artifact(junk)
 
 
-def test_unknown_quantization_is_rejected(bert, tmp_path):
-    with pytest.raises(EdgecompError, match="unknown TFLite quantization"):
-        export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "m.tflite", [8], "int3")
+def test_a_scheme_litert_cannot_store_is_rejected(bert, tmp_path):
+    blocks64 = parse_scheme({"weights": {"bits": 4, "block": 64}, "activations": "dynamic-per-row"}, "test")
+    with pytest.raises(EdgecompError, match="TFLite artifact cannot store"):
+        export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "m.tflite", [8], blocks64)
+    assert not (tmp_path / "m.tflite").exists()
 
 
 def test_int4_tflite_quantizes_layernorm_folded_weights(bert, tmp_path):
@@ -159,7 +166,7 @@ def test_int4_tflite_quantizes_layernorm_folded_weights(bert, tmp_path):
         for m in bert.modules():
             if isinstance(m, torch.nn.LayerNorm):
                 m.weight.uniform_(0.5, 1.5)
-    export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "int4.tflite", [16], "int4-block")
+    export_tflite(encoder_module(bert), NAMES, ["last_hidden_state"], tmp_path / "int4.tflite", [16], INT4)
     it = Interpreter(str(tmp_path / "int4.tflite"))
     details = it.get_tensor_details()
     stored = [details[o["inputs"][1]]["quantization_parameters"]["scales"]

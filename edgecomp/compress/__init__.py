@@ -42,8 +42,9 @@ def parse_steps(steps: Sequence[dict]) -> list[tuple[str, object]]:
     return parsed
 
 
-def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibration | None) -> dict:
+def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibration | None, quant=None) -> dict:
     """Run the recipe's steps in place on `model`; returns {steps: [...], params_before, params_after, ...}.
+    ``quant``: the edgecomp.quant.TrainView of the export's quantized artifacts, for quant-aware steps.
 
     With calibration text, every step also reports the cosine of the mean-pooled output against the
     uncompressed model on that text (a quick in-PyTorch check; the pipeline verifies the artifacts).
@@ -69,7 +70,7 @@ def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibra
         _, apply = METHODS.get(method)
         t0 = time.perf_counter()
         if method == "distill":
-            rep: StepReport = apply(model, cfg, calibration, reference)
+            rep: StepReport = apply(model, cfg, calibration, reference, quant)
         else:
             rep = apply(model, cfg, calibration)
         model.eval()

@@ -7,17 +7,18 @@ block output (token-wise MSE over real tokens, scaled by the teacher's variance)
 input (so later blocks learn to undo earlier blocks' error). The token-embedding block is matched first.
 Minutes on 2 CPU cores for MiniLM.
 
-With `fake_quant = "int8"` / `"int4"` the MatMul weights are seen through the quantizer the pipeline
-applies afterwards (ORT dynamic int8 per output channel; or MatMulNBits 4-bit symmetric blocks along the
-input axis), straight-through, so training also recovers the quantization error. `"int8-dynamic"` adds what
-ORT's dynamic int8 does to each Linear's input at run time (uint8, one range per tensor), which is where
-int8's error comes from on MiniLM. `"int4-litert"` is the
-4-bit grid of LiteRT's blockwise recipe, which ORT's MatMulNBits can store exactly too (quantize_onnx
-with grid="litert"). `"int4-tflite"` is what a .tflite actually ships: LiteRT's grid applied after its
-converter folds each LayerNorm's scale into the following Linear (see layernorm_inputs).
+With ``quant_aware = true`` the step trains for the export's quantization scheme (edgecomp.quant: the
+recipe's [quantization] over the target's, as the shipped formats store it; the export refuses formats that
+disagree): the MatMul weights are seen through the quantizer the pipeline applies afterwards, straight
+through, so training also recovers the quantization error. The quantizer follows the scheme's typed fields
+(FAKE_QUANT): int8 per output channel (ORT's MatMulInteger and LiteRT's int8), 4-bit symmetric blocks on
+ORT's grid (MatMulNBits) or on LiteRT's blockwise grid (which MatMulNBits can store exactly too). Dynamic
+per-tensor activations add what ORT's dynamic int8 does to each Linear's input at run time (uint8, one
+range per tensor), which is where int8's error comes from on MiniLM. 4-bit tables are fake-quantized too.
+A format that folds each LayerNorm's scale into the following Linear before quantizing (LiteRT's converter)
+has that product quantized (see layernorm_inputs).
 
-Step keys: steps (per block), lr, batch_size, fake_quant, block_size, int4_tables, train_tables, sequential,
-final_steps, max_minutes.
+Step keys: steps (per block), lr, batch_size, quant_aware, train_tables, sequential, final_steps, max_minutes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import inspect
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -33,6 +35,7 @@ from torch import nn
 from ..archs import layout_of, require_layout
 from . import METHODS
 from .base import Calibration, StepReport, check, require_calibration
+from ..quant import TrainView, WeightQuant
 from .layers import FactorizedEmbedding, KroneckerEmbedding, SmoothedLinear
 
 
@@ -41,12 +44,10 @@ class DistillConfig:
     steps: int = 100
     lr: float = 1e-4  # measured: 5e-4 overfits the calibration text, 2e-5 recovers less
     batch_size: int = 16
-    fake_quant: str = "none"  # "int8" | "int8-dynamic" | "int4" | "int4-litert" | "int4-tflite": what ships
-    block_size: int = 32  # int4 block along the input axis
+    quant_aware: bool = False  # train against the export's quantization scheme (edgecomp.quant)
     train_tables: bool = False  # update Gather tables too (only rows seen in calibration would move)
     sequential: bool = True  # feed each block the student's own previous output
     final_steps: int = 0  # then end-to-end steps on the last hidden state (all blocks at once)
-    int4_tables: bool = False  # the tables ship 4-bit while the MatMuls are int8 (table_precision = "int4")
     # A wall-clock cap makes the result depend on how busy the machine is, so there is none unless asked for;
     # the step report says how many steps each part got.
     max_minutes: float | None = None
@@ -55,10 +56,6 @@ class DistillConfig:
         check(self.steps >= 1, f"steps = {self.steps} is not positive", "use e.g. steps = 150")
         check(self.final_steps >= 0, f"final_steps = {self.final_steps} is negative", "use e.g. final_steps = 100")
         check(self.lr > 0, f"lr = {self.lr} is not positive", "use e.g. lr = 0.0005")
-        check(self.fake_quant in FAKE_QUANT or self.fake_quant == "none", f"fake_quant = {self.fake_quant!r} is unknown",
-              f'use "none" or one of {", ".join(FAKE_QUANT)}')
-        check(self.block_size >= 8 and self.block_size & (self.block_size - 1) == 0,
-              f"block_size = {self.block_size} is not a power of two >= 8", "use 32 or 128")
         check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive", "use e.g. max_minutes = 5")
 
 
@@ -111,19 +108,33 @@ def fake_quant_dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
     return x + (q - x).detach()
 
 
-FAKE_QUANT = {"int8": lambda w, block: fake_quant_int8(w), "int8-dynamic": lambda w, block: fake_quant_int8(w),
-              "int4": fake_quant_int4, "int4-litert": fake_quant_int4_litert,
-              "int4-tflite": fake_quant_int4_litert}  # + LayerNorm folding, see layernorm_inputs
-# kinds whose runtime also quantizes each Linear's input (ORT dynamic int8: DynamicQuantizeLinear)
-QUANTIZED_ACTIVATIONS = {"int8-dynamic": fake_quant_dynamic_uint8}
+# (bits, grid) of a scheme's weights -> the straight-through quantizer of an [in, out] weight (blocks of w.block)
+FAKE_QUANT = {(8, None): lambda w, block: fake_quant_int8(w), (4, "ort"): fake_quant_int4,
+              (4, "litert"): fake_quant_int4_litert}
+# activation quantization a runtime applies to each Linear's input (ORT dynamic int8: DynamicQuantizeLinear);
+# LiteRT's and MatMulNBits' per-row int8 is not simulated
+QUANTIZED_ACTIVATIONS = {"dynamic-per-tensor": fake_quant_dynamic_uint8}
+
+
+def weight_quantizer(w: WeightQuant):
+    """The fake quantizer of weights stored as ``w`` (a format-resolved scheme: the grid is set)."""
+    fn = FAKE_QUANT.get((w.bits, w.grid)) if (w.blocked or w.block == "channel") and w.planes == 1 else None
+    check(fn is not None, f"distillation has no fake quantizer for {w.name} weights",
+          "drop quant_aware, or use int8 per-channel or 4-bit ort/litert blocks")
+    return partial(fn, block=w.block if w.blocked else None)
+
+
+def simulated_table(view: TrainView) -> WeightQuant | None:
+    """The tables are fake-quantized when they ship in 4 bits (int8 tables' error is left to the blocks)."""
+    return view.table if view.table is not None and view.table.bits == 4 else None
 
 
 class _FakeQuant(nn.Module):
     """A parametrization: what the module computes with is the quantized weight; it trains the raw one."""
 
-    def __init__(self, kind: str, block: int, transposed: bool, fold: nn.LayerNorm | None = None):
+    def __init__(self, quantize, transposed: bool, fold: nn.LayerNorm | None = None):
         super().__init__()
-        self.kind, self.block, self.transposed = kind, block, transposed
+        self.quantize, self.transposed = quantize, transposed
         self._fold = (fold,) if fold is not None else ()  # a tuple: not a submodule, its weight is not ours
 
     def forward(self, w):
@@ -133,9 +144,9 @@ class _FakeQuant(nn.Module):
             # scale in first): quantize that product, then take gamma back out
             g = self._fold[0].weight[:, None]
             g = torch.where(g.abs() < 1e-6, torch.full_like(g, 1e-6), g)
-            x = FAKE_QUANT[self.kind](x * g, self.block) / g
+            x = self.quantize(x * g) / g
         else:
-            x = FAKE_QUANT[self.kind](x, self.block)
+            x = self.quantize(x)
         return x.T if self.transposed else x
 
 
@@ -150,7 +161,7 @@ def layernorm_inputs(model: nn.Module, batch: dict) -> dict[nn.Module, nn.LayerN
     """Linear layers whose input is exactly a LayerNorm's output (BERT: query/key/value, intermediate),
     found by running one batch. LiteRT's converter folds such a LayerNorm's scale into the Linear's weight
     before quantizing (measured on MiniLM: the .tflite's block scales are those of W·diag(gamma), times
-    d^-1/4 for query and key), so "int4-tflite" fake-quantizes that product."""
+    d^-1/4 for query and key), so a view with fold_layernorm fake-quantizes that product."""
     outputs, found, hooks = {}, {}, []
     for mod in model.modules():
         if isinstance(mod, nn.LayerNorm):
@@ -170,28 +181,32 @@ def layernorm_inputs(model: nn.Module, batch: dict) -> dict[nn.Module, nn.LayerN
     return found
 
 
-def add_fake_quant(block: nn.Module, kind: str, block_size: int, folds: dict | None = None,
-                   int4_tables: bool = False) -> list:
+def add_fake_quant(block: nn.Module, view: TrainView, folds: dict | None = None) -> list:
+    """Straight-through fake quantization of ``block``'s weights (and 4-bit tables, and the activations the
+    runtime quantizes) as ``view`` says the artifact stores them; undo with remove_fake_quant."""
     from torch.nn.utils import parametrize
 
     done = []
+    weights = weight_quantizer(view.weights)
+    table_q = simulated_table(view)
+    tables = weight_quantizer(table_q) if table_q is not None else None
+    act = QUANTIZED_ACTIVATIONS.get(view.activations)
     for mod in block.modules():
         table = GATHER_TABLES.get(type(mod))
-        if (kind.startswith("int4") or int4_tables) and table is not None:
-            # the int4 path also quantizes Gather tables (GatherBlockQuantized: blocks along each row),
-            # so the blocks downstream train against the int4 table error (the rows themselves stay frozen)
-            table_kind = kind if kind.startswith("int4") else "int4"
-            parametrize.register_parametrization(mod, table, _FakeQuant(table_kind, block_size, transposed=True))
+        if tables is not None and table is not None:
+            # 4-bit Gather tables (GatherBlockQuantized: blocks along each row) are quantized too, so the
+            # blocks downstream train against the table error (the rows themselves stay frozen)
+            parametrize.register_parametrization(mod, table, _FakeQuant(tables, transposed=True))
             done.append((mod, table))
         for pname in MATMUL_WEIGHTS:
             p = getattr(mod, pname, None) if pname in mod._parameters else None
             if p is None or p.dim() != 2 or isinstance(mod, (nn.Embedding, nn.LayerNorm)):
                 continue
             fold = (folds or {}).get(mod) if pname == "weight" else None
-            parametrize.register_parametrization(mod, pname, _FakeQuant(kind, block_size, isinstance(mod, nn.Linear), fold))
+            parametrize.register_parametrization(mod, pname, _FakeQuant(weights, isinstance(mod, nn.Linear), fold))
             done.append((mod, pname))
-        if kind in QUANTIZED_ACTIVATIONS and isinstance(mod, nn.Linear):
-            quant = QUANTIZED_ACTIVATIONS[kind]
+        if act is not None and isinstance(mod, nn.Linear):
+            quant = act
             if isinstance(mod, SmoothedLinear):  # the runtime quantizes the smoothed input, after the Mul
                 done.append((mod, mod.input_scale.register_forward_hook(lambda m, a, out: quant(out))))
             else:
@@ -361,22 +376,29 @@ def _train(module: nn.Module, params: list, steps: int, lr: float, loss_fn, n_ba
     return first, last, done
 
 
-def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None, reference: nn.Module | None) -> StepReport:
+def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None, reference: nn.Module | None,
+          quant: TrainView | None = None) -> StepReport:
+    """``quant``: what the export's quantized artifacts store (the pipeline's train view); read when quant_aware."""
     cal = require_calibration(calibration, "distill")
     check(reference is not None, "distill has no uncompressed reference model",
           "run it through compress_model, which keeps a frozen copy of the model before the first step")
-    rep = StepReport("distill", asdict(cfg))
+    check(not cfg.quant_aware or quant is not None, "the distill step is quant_aware, and no quantization scheme reaches it",
+          "export with a target that quantizes (or pass quant= to compress_model), or drop quant_aware")
+    view = quant if cfg.quant_aware else None
+    if view is not None:
+        weight_quantizer(view.weights)  # refused before any training if the scheme has no fake quantizer
+    rep = StepReport("distill", {**asdict(cfg), **({"quantization": _view_json(view)} if view else {})})
     deadline = math.inf if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
     blocks_name, _ = blocks_of(model)
     teacher = capture(reference, cal, cfg.batch_size, blocks_name, keep_out=cfg.final_steps > 0)
     student_blocks = model.get_submodule(blocks_name)
-    folds = layernorm_inputs(model, teacher[0]["batch"]) if cfg.fake_quant == "int4-tflite" else {}
+    folds = layernorm_inputs(model, teacher[0]["batch"]) if view is not None and view.fold_layernorm else {}
 
     def fake_quant_on(module: nn.Module | None) -> list:
         """What the pipeline's quantizer will do to `module`, straight-through (undo with remove_fake_quant)."""
-        if cfg.fake_quant == "none" or module is None:
+        if view is None or module is None:
             return []
-        return add_fake_quant(module, cfg.fake_quant, cfg.block_size, folds, cfg.int4_tables)
+        return add_fake_quant(module, view, folds)
 
     losses = {}
     model.eval()  # train in eval mode: attention modules read self.training for their dropout
@@ -385,8 +407,8 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
         emb = embeddings_block(model, blocks_name)
         compressed_table = emb is not None and any(isinstance(m, (FactorizedEmbedding, KroneckerEmbedding))
                                                    for m in emb.modules())
-        int4_tables = cfg.fake_quant.startswith("int4") or cfg.int4_tables  # int4 also quantizes the tables
-        if emb is not None and (compressed_table or int4_tables):
+        quantized_tables = view is not None and simulated_table(view) is not None
+        if emb is not None and (compressed_table or quantized_tables):
             params = [p for p in emb.parameters() if cfg.train_tables or id(p) not in gather_tables(emb)]
             fq = fake_quant_on(emb)
 
@@ -446,6 +468,11 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
 
     rep.params_before = rep.params_after = model_params(model)
     return rep
+
+
+def _view_json(view: TrainView) -> dict:
+    return {"weights": view.weights.to_json(), "table": view.table.to_json() if view.table else None,
+            "activations": view.activations, "fold_layernorm": view.fold_layernorm}
 
 
 METHODS.register("distill")((DistillConfig, apply))

@@ -160,7 +160,7 @@ def export_onnx_chain(module, io, hidden_size, n_classes, work: Path, opset: int
     return slim
 
 
-def export_stage_tflite(module, io, out_path: Path, seq_buckets, quantization: str | None, hidden_size: int,
+def export_stage_tflite(module, io, out_path: Path, seq_buckets, quantization, hidden_size: int,
                         n_classes: int) -> dict:
     """litert-torch, one fixed-shape signature ``seq<N>`` per bucket (batch 1), through the shared TFLite
     lowering; the stage's example inputs include float hidden states, not only int64 ids."""
@@ -190,7 +190,7 @@ def _ship_onnx_family(module, io, art_specs, out_dir: Path, stem: str, work: Pat
             if a.precision == "fp32":
                 shutil.copyfile(slim, dst)
             else:
-                quantize_onnx(slim, dst, a.quantization or "dynamic-per-channel")
+                quantize_onnx(slim, dst, a.scheme)
             _set_export_id(dst, export_id, stage_index)
             onnx_by_precision.setdefault(a.precision, dst)
             if a.format == "onnx":
@@ -205,7 +205,7 @@ def _ship_onnx_family(module, io, art_specs, out_dir: Path, stem: str, work: Pat
         elif a.format == "tflite":
             dst = out_dir / f"{a.name}.{stem}.tflite"
             export_stage_tflite(module, io, dst, a.seq_buckets or (16, 32, 64, 128),
-                                a.quantization if a.precision != "fp32" else None, hidden_size, n_classes)
+                                a.scheme, hidden_size, n_classes)
             produced[f"{a.name}.tflite"] = dst
     return produced
 

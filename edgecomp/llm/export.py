@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import EdgecompError
 from .generate import nll_of_ids, open_causal_lm, torch_greedy, torch_nll
-from .quantize import LlmQuantConfig, quantize_causal_lm
+from .quantize import config_of, quantize_causal_lm
 
 OPTIMUM_TASK = "text-generation-with-past"
 
@@ -49,25 +49,25 @@ def export_causal_lm_onnx(model, out_path: Path, opset: int = 17) -> dict:
             "inputs": [i.name for i in m.graph.input], "outputs": [o.name for o in m.graph.output]}
 
 
-def quant_config_for(precision: str, quantization: str | None, options: dict | None = None) -> LlmQuantConfig | None:
-    """A target artifact's (precision, quantization) -> the LLM quantization; artifact or recipe options
-    ``llm_layers`` / ``llm_table`` / ``llm_block_size`` / ``llm_accuracy_level`` override it."""
-    options = options or {}
-    if precision == "fp32":  # the reference artifact: recipe quantization options never apply to it
-        return None
-    if quantization in ("dynamic-per-channel", "dynamic-per-tensor", "dynamic-int8") or precision == "int8":
-        # Per-tensor int8 of the tied table is the peer's 63.5-perplexity failure; fixing only the table
-        # (ORT dynamic int8 per-channel layers, "int8-per-channel") still gives 27.3 vs 18.67 on WikiText-2,
-        # because ORT quantizes each activation per tensor. 8-bit weight blocks of 64 along the input
-        # (9 per row for 576) with int8 activations per block (accuracy_level 4) measure 13.61 vs 13.49 fp32
-        # on 1,022 tokens and decode at 4-bit speed; the table keeps its exact 8-bit split planes.
-        base = {"layers": "int8", "table": "int8-split", "block_size": 64, "accuracy_level": 4}
-    else:  # block-int4 / int4: Q4_1 blocks (lossless on a Q4_1 GGUF), Q8_0-like table
-        base = {"layers": "q4_1", "table": "int8-split"}
-    keys = ("layers", "ffn_layers", "table", "block_size", "table_block_size", "accuracy_level", "head_accuracy_level")
-    if any(f"llm_{k}" in options for k in keys):  # a recipe names its scheme whole: LlmQuantConfig defaults + it
-        base = {k: options[f"llm_{k}"] for k in keys if f"llm_{k}" in options}
-    return LlmQuantConfig(**base)
+def causal_lm_schemes(artifacts: list, recipe) -> list:
+    """Each artifact with its causal-LM scheme: the recipe's [quantization] over the LLM reading of the target's
+    default for the ONNX graphs (llm_default), over the target's own for the .tflite; refused up front if the
+    format cannot store it. The fp32 reference stays fp32."""
+    from dataclasses import replace
+
+    from ..quant import resolve
+    from .quantize import LLM_FORMAT_QUANT, llm_default
+
+    out = []
+    for spec in artifacts:
+        fq = LLM_FORMAT_QUANT[spec.format]
+        default = spec.scheme if spec.format == "tflite" or spec.scheme is None else llm_default(spec.scheme)
+        scheme = resolve(default, recipe.quantization, spec.runtime, lambda w: fq.default_activations(w, spec.options))
+        try:
+            out.append(replace(spec, scheme=fq.check(scheme) if scheme else None))
+        except EdgecompError as e:
+            raise EdgecompError(f"recipe {recipe.name!r}: {e.problem}", e.fix) from None
+    return out
 
 
 def verify_causal_lm(path: Path, loaded, texts: list[str], n_generate: int = 2, max_new_tokens: int = 32,
@@ -155,15 +155,18 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
         else:
             os.replace(work / "raw.onnx", fp32)
     records, by_precision = [], {}
-    for spec in (target.artifacts if artifacts is None else artifacts):
+    if artifacts is None:  # the target's own, read as a causal LM reads them (the plan resolves its recipe's)
+        from ..recipes import NO_RECIPE
+
+        artifacts = causal_lm_schemes(list(target.artifacts), NO_RECIPE)
+    for spec in artifacts:
         if spec.format == "tflite":
             rec = _tflite_artifact(loaded, spec, build_dir, work, log, recipe_options or {})
             if verify:
                 rec["metrics"] = measure_causal_lm(build_dir / rec["path"], loaded, texts, target, bench, log)
             records.append(rec)
             continue
-        opts = {**(recipe_options or {}), **spec.options}
-        cfg = quant_config_for(spec.precision, spec.quantization, opts)
+        cfg = config_of(spec.scheme) if spec.scheme else None
         key = cfg.name if cfg else "fp32"
         if key not in by_precision:
             onnx_path = work / f"{key}.onnx"
@@ -192,7 +195,8 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
                # what the recipe's scheme actually stores (a recipe can turn the target's int8 into 4-bit)
                "precision": LAYER_PRECISION.get(cfg.layers, spec.precision) if cfg else spec.precision,
                "quantization": cfg.name if cfg else spec.quantization, "primary": spec.primary, "exporter": io.get("exporter"),
-               "llm_quantization": qinfo, "simplify": io.get("simplify"), **extra}
+               "llm_quantization": qinfo, "simplify": io.get("simplify"), "batch_invariant": spec.scheme is None or spec.scheme.batch_invariant,
+               "scheme": spec.scheme.to_json() if spec.scheme else None, **extra}
         if verify:
             rec["metrics"] = measure_causal_lm(Path(dst), loaded, texts, target, bench, log)
         records.append(rec)
@@ -203,9 +207,6 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
 
 LAYER_PRECISION = {"q4_1": "int4", "int4": "int4", "int2": "int2", "int8": "int8", "int8-per-channel": "int8",
                    "none": "fp32"}
-TFLITE_QUANTIZATION = {"dynamic-int8": "dynamic_int8", "dynamic-per-channel": "dynamic_int8",
-                       "block-int4": "dynamic_int4_block32", "int4-block32": "dynamic_int4_block32",
-                       "int4-block128": "dynamic_int4_block128", "weight-only-int8": "weight_only_int8"}
 
 
 def _kv_cache_len(loaded, spec) -> int:
@@ -227,15 +228,13 @@ def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, log, recipe_opti
         # litert-torch re-authors the decoder and reads weights from a folder: save the (maybe compressed)
         # in-memory model rather than the source folder.
         loaded.model.save_pretrained(hf_dir, safe_serialization=True)
-    quant = "none" if spec.precision == "fp32" else (recipe_options.get("llm_tflite_quantization")
-                                                     or TFLITE_QUANTIZATION.get(spec.quantization or "dynamic-int8"))
-    if quant is None:
-        raise EdgecompError(f"no LiteRT recipe for quantization {spec.quantization!r}",
-                            f"use one of {sorted(TFLITE_QUANTIZATION)}")
+    from .quantize import LLM_FORMAT_QUANT
+
+    quant = LLM_FORMAT_QUANT["tflite"].label(spec.scheme) if spec.scheme else "none"
     # Each prefill length is one more signature to trace and lower (~5 min each for SmolLM2 on 2 busy cores),
     # so a model file can name fewer buckets for its decoder than the target's encoder-sized list.
     extra = getattr(getattr(loaded, "spec", None), "extra", {}) or {}
-    buckets = tuple(recipe_options.get("llm_prefill_buckets") or extra.get("prefill_buckets") or spec.seq_buckets
+    buckets = tuple(recipe_options.get("prefill_buckets") or extra.get("prefill_buckets") or spec.seq_buckets
                     or (32, 128))
     kv_len = _kv_cache_len(loaded, spec)
     dst = build_dir / spec.filename
@@ -244,8 +243,9 @@ def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, log, recipe_opti
         f"{'tied' if tied else 'separate'} LM head)")
     info = export_causal_lm_tflite(hf_dir, dst, quant, buckets, kv_len, tied=tied)
     return {"path": dst.name, "format": "tflite", "runtime": spec.runtime,
-            "precision": next((p for p in ("int4", "int8") if p in quant), spec.precision) if quant != "none" else "fp32",
-            "quantization": quant, "primary": spec.primary, "seq_buckets": list(buckets), "lm_head_tied": tied, **info}
+            "precision": spec.precision,
+            "quantization": quant, "primary": spec.primary, "seq_buckets": list(buckets), "lm_head_tied": tied,
+            "batch_invariant": spec.scheme is None or spec.scheme.batch_invariant, "scheme": spec.scheme.to_json() if spec.scheme else None, **info}
 
 
 def _default_texts() -> list[str]:

@@ -28,29 +28,24 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecompError
+from ..quant import QuantScheme
 
-QUANTIZATIONS = ("none", "dynamic-int8", "int4-block")
 
-
-def _quant_config(quantization: str | None):
-    """The ai-edge-quantizer recipe behind each scheme name (applied to the whole graph)."""
-    q = quantization or "none"
-    if q not in QUANTIZATIONS:
-        raise EdgecompError(f"unknown TFLite quantization {q!r}", f"use one of: {', '.join(QUANTIZATIONS)}")
-    if q == "none":
+def _quant_config(scheme: QuantScheme | None):
+    """The ai-edge-quantizer recipe that stores ``scheme`` (checked by edgecomp.quant.LiteRtQuant), applied to
+    the whole graph: int8 weights per output channel or int4 in blocks along the input dimension, activations
+    quantized on the fly (dynamic range, per row). The embedding table is quantized too, which is most of a
+    small encoder's bytes."""
+    if scheme is None:
         return None
     from litert_torch.generative.quantize import quant_attrs, quant_recipes
 
-    if q == "dynamic-int8":
-        # int8 weights per output channel, activations quantized on the fly (dynamic range): the
-        # embedding table is quantized too, which is most of a small encoder's bytes.
-        return quant_recipes.full_dynamic_recipe(
-            weight_dtype=quant_attrs.Dtype.INT8, granularity=quant_attrs.Granularity.CHANNELWISE
-        )
-    # int4 weights in blocks of 32 along the input dimension, dynamic-range activations.
-    return quant_recipes.full_dynamic_recipe(
-        weight_dtype=quant_attrs.Dtype.INT4, granularity=quant_attrs.Granularity.BLOCKWISE_32
-    )
+    from ..quant import FORMAT_QUANT
+
+    w = FORMAT_QUANT["tflite"].check(scheme).weights
+    granularity = quant_attrs.Granularity.CHANNELWISE if w.block == "channel" else \
+        getattr(quant_attrs.Granularity, f"BLOCKWISE_{w.block}")
+    return quant_recipes.full_dynamic_recipe(weight_dtype=getattr(quant_attrs.Dtype, f"INT{w.bits}"), granularity=granularity)
 
 
 @contextlib.contextmanager
@@ -155,7 +150,7 @@ def export_tflite(
     output_names: list[str],
     out_path: Path,
     seq_buckets: Sequence[int],
-    quantization: str | None,
+    scheme: QuantScheme | None,
     batch: int = 1,
     example_inputs=None,
 ) -> dict:
@@ -166,6 +161,8 @@ def export_tflite(
 
     Returns {"signatures", "seq_buckets", "quantization", "size_bytes", "inputs", "outputs", "convert_s"}.
     """
+    from ..quant import FORMAT_QUANT
+
     try:
         import litert_torch
         import torch
@@ -176,7 +173,7 @@ def export_tflite(
     if not buckets or buckets[0] < 1:
         raise EdgecompError(f"invalid TFLite sequence buckets {list(seq_buckets)}",
                             "set seq_buckets to positive lengths, e.g. [16, 32, 64, 128]")
-    quant_config = _quant_config(quantization)
+    quant_config = _quant_config(scheme)
     out_path = Path(out_path)
     wrapped = _named_io(module, list(input_names), list(output_names))
 
@@ -211,7 +208,7 @@ def export_tflite(
     return {
         "signatures": [f"seq{b}" for b in buckets],
         "seq_buckets": buckets,
-        "quantization": quantization or "none",
+        "quantization": FORMAT_QUANT["tflite"].label(scheme) if scheme else "none",
         "size_bytes": out_path.stat().st_size,
         "inputs": list(input_names),
         "outputs": list(output_names),

@@ -1,17 +1,18 @@
-"""Weight quantization of ONNX graphs with ONNX Runtime's quantizers.
+"""Weight quantization of encoder ONNX graphs with ONNX Runtime's quantizers: the ORT adapter of the one
+scheme (edgecomp.quant; what it can store is ``OrtQuant.check``). The graph follows the scheme's fields:
 
-Schemes (a target's ``quantization``):
-- ``dynamic-per-channel``: int8 weights with one scale per output channel, activations quantized at run
-  time. The default: on MiniLM it keeps embedding cosine 0.992 mean / 0.968 worst, where per-tensor
-  (optimum's --arm64/--avx512 default) drops to 0.956 / 0.765.
-- ``dynamic-per-tensor``: one scale per weight tensor (for comparison with peers).
-- ``block-int4``: 4-bit weight-only blocks (``MatMulNBits`` for MatMul, ``GatherBlockQuantized`` for
-  embedding tables), block size from ``block_size`` (default 32). ``accuracy_level`` 4 lets MatMulNBits
-  quantize its activations to int8 and use integer dot products (the fast path on ARM64).
-- ``dynamic-per-channel-int4-tables``: int8 per-channel MatMuls as ``dynamic-per-channel`` and 4-bit
-  embedding tables as ``block-int4``. A Gather costs nothing to run, so the table takes the bytes off at
-  no compute; the MatMuls keep int8's integer kernels, which on ARM64 need fewer instructions than
-  MatMulNBits (Cortex-A76: 219.6 M vs 260.1 M per MiniLM inference).
+- int8 weights (``weights = {bits = 8}``: one scale per output channel; ``block = "tensor"``: one per
+  tensor), activations quantized at run time per tensor (``quantize_dynamic``, MatMulInteger). Per channel
+  is the targets' default: on MiniLM it keeps embedding cosine 0.992 mean / 0.968 worst, where per-tensor
+  (optimum's --arm64/--avx512 default) drops to 0.956 / 0.765. The tables go as the weights, or
+- 4-bit tables under int8 MatMuls (``table = {bits = 4, block = 32}``): a Gather costs nothing to run, so the
+  table takes the bytes off at no compute; the MatMuls keep int8's integer kernels, which on ARM64 need
+  fewer instructions than MatMulNBits (Cortex-A76: 219.6 M vs 260.1 M per MiniLM inference).
+- 4-bit symmetric blocks (``weights = {bits = 4, block = 32}``): ``MatMulNBits`` for MatMul,
+  ``GatherBlockQuantized`` for the tables, on ORT's grid (the block's extreme maps to -8) or LiteRT's
+  (``grid = "litert"``: absmax/7, bfloat16-rounded scales, so a model trained for LiteRT's grid gets the same
+  weights in both runtimes). ``activations = "dynamic-per-row"`` is MatMulNBits' accuracy_level 4: int8
+  activations and integer dot products (the fast path on ARM64).
 """
 
 from __future__ import annotations
@@ -23,66 +24,68 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecompError
+from ..quant import QuantScheme
 
-SCHEMES = ("dynamic-per-channel", "dynamic-per-tensor", "block-int4", "dynamic-per-channel-int4-tables")
-
-
-# Schemes whose activations ORT quantizes at run time with ONE range per tensor: a text's result then
-# depends on the other texts (and padding) in its batch, so `edgecomp run` feeds such artifacts one text
-# at a time. MatMulNBits (block-int4) quantizes activations per row; fp32 has no ranges.
-PER_TENSOR_ACTIVATION_SCHEMES = ("dynamic-per-channel", "dynamic-per-tensor", "dynamic-per-channel-int4-tables")
+# MatMulNBits' accuracy_level for each activation quantization (0: fp32 math; 4: int8 per row / block)
+ACCURACY_LEVEL = {"none": 0, "dynamic-per-row": 4}
 
 
-INT4_GRIDS = ("ort", "litert")
-# the options each scheme takes from a target's artifact (the others are the target's business)
-SCHEME_OPTIONS = {"block-int4": ("block_size", "accuracy_level", "grid"),
-                  "dynamic-per-channel-int4-tables": ("block_size",)}
+def quantize_onnx(src: Path, dst: Path, scheme: QuantScheme) -> dict:
+    """Quantize ``src`` into ``dst`` (written atomically) as ``scheme`` says (checked by OrtQuant.check)."""
+    from ..quant import FORMAT_QUANT
 
-
-def quantize_onnx(src: Path, dst: Path, scheme: str, block_size: int = 32, accuracy_level: int | None = None,
-                  grid: str = "ort") -> dict:
-    """Quantize ``src`` into ``dst`` (written atomically). For ``block-int4``, ``grid`` picks the 4-bit values:
-    "ort" (ORT's quantizer: the block's extreme maps to -8) or "litert" (LiteRT's blockwise recipe: absmax/7,
-    bfloat16-rounded scales), so a model trained for LiteRT's grid gets the same weights in both runtimes."""
+    scheme = FORMAT_QUANT["onnx"].check(scheme)
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.tmp")
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    if scheme in ("dynamic-per-channel", "dynamic-per-tensor", "dynamic-per-channel-int4-tables"):
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        per_channel = scheme != "dynamic-per-tensor"
-        int4_tables = scheme == "dynamic-per-channel-int4-tables"
-        ops = ["MatMul"] if int4_tables else ["MatMul", "Gather"]
-        quantize_dynamic(
-            str(src), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
-            op_types_to_quantize=ops,
-            # Signed int8 weights with per-channel scales keep attention outputs close; reduce_range is for
-            # pre-VNNI x86 only and costs accuracy on ARM.
-            extra_options={"MatMulConstBOnly": True},
-        )
-        info = {"scheme": scheme, "weight_type": "int8", "per_channel": per_channel, "ops": ops}
-        if int4_tables:
-            q = weight_only_int4(tmp, block_size, ("Gather",))
-            tables = pack_int4_gather_tables(q.model.model)
-            q.model.save_model_to_file(str(tmp), use_external_data_format=False)
-            info.update({"ops": ["MatMul", "GatherBlockQuantized"], "tables": {"weight_type": "int4", "block_size": block_size,
-                                                                              "count": tables}})
-    elif scheme == "block-int4":
-        import onnx
-
-        if grid not in INT4_GRIDS:
-            raise EdgecompError(f"unknown int4 grid {grid!r}", f"use one of: {', '.join(INT4_GRIDS)}")
-        q = weight_only_int4(src, block_size, ("MatMul", "Gather"), accuracy_level)
-        if grid == "litert":  # the quantizer consumed its copy: the float weights come from a fresh load
-            requantize_on_litert_grid(q.model.model, onnx.load(str(src)), block_size)
-        pack_int4_gather_tables(q.model.model)
-        q.model.save_model_to_file(str(tmp), use_external_data_format=False)
-        info = {"scheme": scheme, "weight_type": "int4", "block_size": block_size, "symmetric": True,
-                "ops": ["MatMulNBits", "GatherBlockQuantized"], "accuracy_level": accuracy_level or 0, "grid": grid}
-    else:
-        raise EdgecompError(f"unknown quantization scheme {scheme!r}", f"use one of: {', '.join(SCHEMES)}")
+    info = _WEIGHT_QUANTIZERS[scheme.weights.bits](src, tmp, scheme)
+    info = {"scheme": FORMAT_QUANT["onnx"].label(scheme), **info}
     os.replace(tmp, dst)
     return info
+
+
+def _int8_dynamic(src: Path, tmp: Path, scheme: QuantScheme) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    w, table = scheme.weights, scheme.table
+    per_channel = w.block == "channel"
+    int4_tables = table is not None and table.bits == 4
+    ops = ["MatMul", "Gather"] if table == w else ["MatMul"]
+    quantize_dynamic(
+        str(src), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
+        op_types_to_quantize=ops,
+        # Signed int8 weights with per-channel scales keep attention outputs close; reduce_range is for
+        # pre-VNNI x86 only and costs accuracy on ARM.
+        extra_options={"MatMulConstBOnly": True},
+    )
+    info = {"weight_type": "int8", "per_channel": per_channel, "ops": ops}
+    if int4_tables:
+        q = weight_only_int4(tmp, table.block, ("Gather",))
+        tables = pack_int4_gather_tables(q.model.model)
+        q.model.save_model_to_file(str(tmp), use_external_data_format=False)
+        info.update({"ops": ["MatMul", "GatherBlockQuantized"], "tables": {"weight_type": "int4", "block_size": table.block,
+                                                                          "count": tables}})
+    return info
+
+
+def _int4_blocks(src: Path, tmp: Path, scheme: QuantScheme) -> dict:
+    import onnx
+
+    w = scheme.weights
+    ops = ("MatMul", "Gather") if scheme.table is not None else ("MatMul",)
+    accuracy_level = ACCURACY_LEVEL[scheme.activations] or None  # 0 is the op's default: not written
+    q = weight_only_int4(src, w.block, ops, accuracy_level)
+    if w.grid == "litert":  # the quantizer consumed its copy: the float weights come from a fresh load
+        requantize_on_litert_grid(q.model.model, onnx.load(str(src)), w.block)
+    pack_int4_gather_tables(q.model.model)
+    q.model.save_model_to_file(str(tmp), use_external_data_format=False)
+    return {"weight_type": "int4", "block_size": w.block, "symmetric": True,
+            "ops": ["MatMulNBits", "GatherBlockQuantized"] if scheme.table is not None else ["MatMulNBits"],
+            "accuracy_level": accuracy_level or 0, "grid": w.grid}
+
+
+# the weights' bits -> the ORT quantizer that stores them (OrtQuant.check refuses what none can)
+_WEIGHT_QUANTIZERS = {8: _int8_dynamic, 4: _int4_blocks}
 
 
 def weight_only_int4(src: Path, block_size: int, op_types: tuple[str, ...], accuracy_level: int | None = None):

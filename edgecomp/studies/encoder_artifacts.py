@@ -1,7 +1,7 @@
 """A (compressed) encoder's ONNX artifacts for the studies, built by the passes `edgecomp export` runs.
 
 lower (edgecomp.lower.onnx: optimum's exporter, or torch.onnx for what optimum does not know) ->
-simplify (onnxslim) -> quantize (edgecomp.optimize.quantize, by scheme name), so a study measures the
+simplify (onnxslim) -> quantize (edgecomp.optimize.quantize, by the typed scheme), so a study measures the
 graphs a feature-extraction export ships, not a parallel exporter's.
 """
 
@@ -29,7 +29,22 @@ def lower_encoder(model, dst: Path, keep_factorized: bool = False, target: str =
     return dst
 
 
-def quantized(src: Path, dst: Path, scheme: str, **options) -> Path:
-    """``src`` quantized with a target scheme (``dynamic-per-channel``, ``block-int4`` ...) into ``dst``."""
-    quantize_onnx(Path(src), Path(dst), scheme, **options)
+def onnx_scheme(quantization):
+    """A target artifact's ``quantization`` (a table, e.g. ``{"weights": {"bits": 4, "block": 32}}``, or a short
+    name such as ``dynamic-per-channel``; edgecomp.quant.parse_scheme) as the ONNX adapter stores it."""
+    from ..quant import FORMAT_QUANT, parse_scheme
+
+    return FORMAT_QUANT["onnx"].check(parse_scheme(quantization, "study quantization"))
+
+
+def train_view(quantization):
+    """What a quant-aware distill step trains against for the ONNX artifact of ``quantization``."""
+    from ..quant import FORMAT_QUANT
+
+    return FORMAT_QUANT["onnx"].train_view(onnx_scheme(quantization))
+
+
+def quantized(src: Path, dst: Path, quantization) -> Path:
+    """``src`` quantized into ``dst`` as ``quantization`` says (see onnx_scheme)."""
+    quantize_onnx(Path(src), Path(dst), onnx_scheme(quantization))
     return Path(dst)
