@@ -382,8 +382,19 @@ def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> 
     return {"max_abs_diff": float(f"{diff:.3g}"), "cos_min": round(cos_min, 6)}
 
 
-def _unavailable(e: EdgecompError) -> bool:
-    return any(s in e.problem for s in UNAVAILABLE)
+def _skipped_or_raise(e: EdgecompError) -> dict:
+    """A missing compiler or runtime library is recorded in the block; any other probe failure is raised."""
+    if any(s in e.problem for s in UNAVAILABLE):
+        return {"skipped": str(e)}
+    raise e
+
+
+def _record_feeds(path: Path, record: dict, feeds: dict[str, np.ndarray]):
+    """The bench feeds the artifact takes (its signature's, for a bucketed .tflite) and their length."""
+    feeds = {k: v for k, v in feeds.items() if k in record.get("inputs", feeds)}
+    seq_len = int(np.shape(next(iter(feeds.values())))[1])
+    fed, signature = tflite_signature_feeds(feeds, record.get("seq_buckets")) if Path(path).suffix == ".tflite" else (feeds, None)
+    return fed, signature, seq_len
 
 
 def measure_native(path: Path, record: dict, feeds: dict[str, np.ndarray], python_outputs: dict[str, np.ndarray],
@@ -391,15 +402,11 @@ def measure_native(path: Path, record: dict, feeds: dict[str, np.ndarray], pytho
     """``metrics.native`` for an artifact record: the probe on the bench feeds with the record's
     session options, checked against the Python runner's outputs on the same feeds. Without a compiler
     or runtime library the block says what is missing instead of failing the export."""
-    feeds = {k: v for k, v in feeds.items() if k in record.get("inputs", feeds)}
-    seq_len = int(np.shape(next(iter(feeds.values())))[1])
-    fed, signature = tflite_signature_feeds(feeds, record.get("seq_buckets")) if Path(path).suffix == ".tflite" else (feeds, None)
+    fed, signature, seq_len = _record_feeds(path, record, feeds)
     try:
         block, outputs = native_block(path, fed, threads=threads, options=record.get("session_options"), signature=signature)
     except EdgecompError as e:
-        if _unavailable(e):
-            return {"skipped": str(e)}
-        raise
+        return _skipped_or_raise(e)
     block["seq_len"] = seq_len
     block["parity_vs_python"] = compare_outputs(outputs, python_outputs)
     if block["parity_vs_python"]["cos_min"] < PARITY_COS_MIN:
@@ -414,15 +421,11 @@ def measure_arm64_native(path: Path, record: dict, feeds: dict[str, np.ndarray],
     x86 outputs like the Python guest run (``parity`` uses edgecomp.bench.checks' rule)."""
     from .arm64 import _compare
 
-    feeds = {k: v for k, v in feeds.items() if k in record.get("inputs", feeds)}
-    seq_len = int(np.shape(next(iter(feeds.values())))[1])
-    fed, signature = tflite_signature_feeds(feeds, record.get("seq_buckets")) if Path(path).suffix == ".tflite" else (feeds, None)
+    fed, signature, seq_len = _record_feeds(path, record, feeds)
     try:
         block, outputs = arm64_native_block(path, fed, cpu=cpu, options=record.get("session_options"), signature=signature)
     except EdgecompError as e:
-        if _unavailable(e):
-            return {"skipped": str(e)}
-        raise
+        return _skipped_or_raise(e)
     block["seq_len"] = seq_len
     diff, cos_min = _compare(outputs, x86_outputs, Path(path).name)
     block["max_abs_diff_vs_x86"] = float(f"{diff:.3g}")
