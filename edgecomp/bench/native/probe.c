@@ -600,6 +600,14 @@ static void lrt_load(lrt_t *m, void *lib, const char *model, int threads) {
     LRT_CALL(CreateCompiledModel, m->env, m->model, options, &m->compiled);
 }
 
+/* Input i of a signature: its name and ranked tensor type. */
+static void signature_input(void *sig, LiteRtParamIndex i, const char **name, LiteRtRankedTensorType *type) {
+    void *tensor;
+    LRT_CALL(GetSignatureInputName, sig, i, name);
+    LRT_CALL(GetSignatureInputTensorByIndex, sig, i, &tensor);
+    LRT_CALL(GetRankedTensorType, tensor, type);
+}
+
 /* pick the signature (by --signature, else the one whose input shapes equal the feeds') and bind buffers */
 static void lrt_bind(lrt_t *m, const tensors_t *feeds, const char *want) {
     LiteRtParamIndex n_sig = 0;
@@ -615,11 +623,8 @@ static void lrt_bind(lrt_t *m, const tensors_t *feeds, const char *want) {
         int fits = want ? !strcmp(key, want) : 1;
         for (LiteRtParamIndex i = 0; i < n_in && fits && !want; i++) {
             const char *name;
-            void *tensor;
             LiteRtRankedTensorType type;
-            LRT_CALL(GetSignatureInputName, cand, i, &name);
-            LRT_CALL(GetSignatureInputTensorByIndex, cand, i, &tensor);
-            LRT_CALL(GetRankedTensorType, tensor, &type);
+            signature_input(cand, i, &name, &type);
             const tensor_t *t = find_tensor(feeds, name);
             fits = t && t->rank == (int)type.layout.rank;
             for (int d = 0; fits && d < t->rank; d++) fits = t->dims[d] == type.layout.dimensions[d];
@@ -632,11 +637,8 @@ static void lrt_bind(lrt_t *m, const tensors_t *feeds, const char *want) {
     if (m->n_in > MAX_TENSORS || m->n_out > MAX_TENSORS) die("more than %d inputs or outputs", MAX_TENSORS);
     for (size_t i = 0; i < m->n_in; i++) {
         const char *name;
-        void *tensor;
         LiteRtRankedTensorType type;
-        LRT_CALL(GetSignatureInputName, sig, i, &name);
-        LRT_CALL(GetSignatureInputTensorByIndex, sig, i, &tensor);
-        LRT_CALL(GetRankedTensorType, tensor, &type);
+        signature_input(sig, i, &name, &type);
         const tensor_t *t = find_tensor(feeds, name);
         if (!t) die("signature %s needs input %s, which the inputs file lacks", m->sig_key, name);
         if (from_lrt(type.element_type, name) != t->dtype)
