@@ -61,8 +61,10 @@ def build_peers(src_dir: Path, work: Path, log) -> dict[str, Path]:
     opt = work / "optimum-fp32"
     if not (opt / "model.onnx").exists():
         log("peer: optimum-cli export onnx")
+        # --library-name: with sentence-transformers installed optimum would export its pipeline instead
+        # (sentence_embedding, no token_type_ids), not the transformers graph every other candidate is
         subprocess.run(["optimum-cli", "export", "onnx", "--model", str(src_dir), "--task", "feature-extraction",
-                        str(opt)], check=True, capture_output=True)
+                        "--library-name", "transformers", str(opt)], check=True, capture_output=True)
     peers["optimum onnx fp32"] = opt / "model.onnx"
     q = work / "optimum-int8"
     if not (q / "model_quantized.onnx").exists():
