@@ -274,7 +274,7 @@ def compress(
             log(f"compress: recipe {recipe!r}")
             rep = compress_model(loaded.model, rec.steps,
                                  Calibration(loaded.tokenizer, read_texts(texts) if texts else default_texts()),
-                                 quant=quant)
+                                 quant=quant, log=log)
             # pickle format: compressed modules may share tensors (query/key/value smoothing scales, a weight
             # decoder shared across layers), which safetensors refuses to store
             loaded.model.save_pretrained(build, safe_serialization=False)

@@ -353,7 +353,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
 
             log(f"compress: recipe {recipe.name!r} ({len(recipe.steps)} steps)")
             compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts),
-                                         quant=train_view(job))
+                                         quant=train_view(job), log=log)
         records = plan.build(job)
 
         shutil.rmtree(work, ignore_errors=True)

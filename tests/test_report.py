@@ -307,3 +307,22 @@ def test_causal_lm_report_shows_its_fidelity(tmp_path):
         assert cells["NLL ratio"] == f"{f['nll_ratio']:.5f}"
         assert cells["greedy tokens equal, worst prompt"] == f"{f['greedy_match_min']} of {f['max_new_tokens']}"
     assert "cos mean" not in t["header"]
+
+
+def test_compression_reports_progress(tiny_bert_dir, fast_target, few_texts, tmp_path, one_torch_thread):
+    """`export --recipe` with the `fast` recipe's steps (a few distillation steps, for time): a line per
+    recipe step and per distilled part, through the export's log (plain lines: no carriage returns, no
+    colour codes)."""
+    recipe = tmp_path / "fast-short.toml"
+    recipe.write_text('description = "fast, 3 distillation steps"\nsteps = [{method = "prune-ffn", keep = 0.9}, '
+                      '{method = "smooth", alpha = 0.85}, {method = "distill", quant_aware = true, steps = 3}]\n')
+    res = runner.invoke(app, ["export", str(tiny_bert_dir), "--target", str(fast_target), "--recipe", str(recipe),
+                              "-o", str(tmp_path / "out"), "--texts", str(few_texts), "--no-bench"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    for k, method in enumerate(("prune-ffn", "smooth", "distill"), 1):
+        assert any(f"compress: step {k}/3 {method}" in ln for ln in lines), res.output
+        assert any(f"compress: step {k}/3 {method} done in" in ln for ln in lines), res.output
+    parts = [ln for ln in lines if "distill: encoder.layer." in ln]
+    assert len(parts) == 2 and all("loss" in ln and "steps" in ln for ln in parts), res.output
+    assert "\r" not in res.output and "\x1b" not in res.output
