@@ -273,8 +273,8 @@ def fit_frontier(exports):
                 ax.scatter([c["size_bytes"] / 1e6], [c["quality_drop"]], s=140, marker="*", color="#c44e52", zorder=4,
                            label=f"chosen: {c['name']}")
         budget = f.get("budget") or {}
-        max_size = budget.get("max_size_bytes") or budget.get("max_size")
-        if isinstance(max_size, (int, float)):
+        max_size = _bytes(budget.get("max_size_bytes") or budget.get("max_size"))
+        if max_size is not None:
             ax.axvline(max_size / 1e6, color="#c44e52", linestyle="--", linewidth=1, label=f"size budget {max_size / 1e6:g} MB")
         floor = _quality_floor(f.get("quality"))
         if floor is not None:
@@ -289,6 +289,21 @@ def fit_frontier(exports):
     ax.set_title(_title(exports, "fit: candidates and frontier"))
     fig.tight_layout()
     return fig
+
+
+def _bytes(v) -> float | None:
+    """A size budget as bytes: a number, or a string such as "12MB" (decimal units, as the CLI takes them)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        units = {"GB": 1e9, "MB": 1e6, "KB": 1e3, "B": 1.0}
+        for unit, scale in units.items():
+            if v.strip().upper().endswith(unit):
+                try:
+                    return float(v.strip()[: -len(unit)]) * scale
+                except ValueError:
+                    return None
+    return None
 
 
 def _quality_floor(q) -> float | None:

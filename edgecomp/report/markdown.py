@@ -38,8 +38,9 @@ def fidelity_columns(artifacts: list[dict]):
 
 
 def cell(text) -> str:
-    """A table cell: pipes escaped and no line breaks, so a value can never split a row."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A table cell: pipes escaped and no line breaks, so a value can never split a row; "<" as an entity,
+    so a manifest string is never read as HTML (GitHub and report.html both show it as "<")."""
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:

@@ -31,6 +31,8 @@ def draw_charts(exports, prefix: str = "") -> tuple[dict[str, tuple[str, str]], 
                        f"{peers['conditions'].get('batch')}, sequence {peers['conditions'].get('seq_len')}, "
                        f"{peers['conditions'].get('threads')} thread; cosine {peers['conditions'].get('cosine')}. "
                        f"They are not from this run.{peers['note']}")
+        elif C.peer_figures(exports):
+            caption = f"Peers are marked on the cosine chart only: this project measured no {s['label']} figures for them."
         figures.append((f"quality-{s['key']}", fig, caption))
     for key, fn, caption in (
         ("size", C.size_breakdown, "Bytes per component of every artifact, as stored in the file."),
