@@ -160,7 +160,7 @@ def _labels(ax, points, dy: float, color: str, step: float = 9) -> None:
     span_x, span_y = abs(x1 - x0) or 1, abs(y1 - y0) or 1
     placed: list[tuple[float, float]] = []
     for n, x, y in points:
-        near = sum(1 for px, py in placed if abs(px - x) < 0.04 * span_x and abs(py - y) < 0.04 * span_y)
+        near = sum(1 for px, py in placed if abs(px - x) < 0.15 * span_x and abs(py - y) < 0.04 * span_y)  # a name is ~15% of the width
         ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, dy + near * step), fontsize=7, color=color)
         placed.append((x, y))
 
