@@ -41,7 +41,7 @@ def _progress():
     def log(msg: str) -> None:
         from rich.markup import escape
 
-        console.print(f"[dim]{time.time() - t0:6.1f}s[/] {escape(msg)}", highlight=False)
+        console.print(f"[dim]{time.time() - t0:6.1f}s[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
     return log
 
@@ -77,21 +77,53 @@ def export(
     except EdgecompError as e:
         _fail(e)
     _print_artifacts(manifest)
-    out.print(f"wrote {dest}/manifest.json and {dest}/report.md")
+    out.print(f"wrote {dest}/manifest.json, {dest}/report.md and {dest}/report.html", markup=False, highlight=False,
+              soft_wrap=True)
 
 
 def _print_artifacts(manifest: dict) -> None:
-    t = Table(title=f"{manifest['model']['name']} -> {manifest['target']['name']} (recipe {manifest['recipe']['name']})")
-    for col in ("artifact", "precision", "MB", "cos mean", "cos worst", "p50 ms 1thr", "peak RSS MB"):
-        t.add_column(col)
+    rows = []
     for a in manifest["artifacts"]:
         m = a.get("metrics", {})
         f = m.get("fidelity", {})
         lat = m.get("latency_ms") or {}
         cos = [f"{f[k]:.4f}" if isinstance(f.get(k), (int, float)) else "—" for k in ("cos_mean", "cos_min")]
-        t.add_row(a["path"], a["precision"], f"{a['size_bytes'] / 1e6:.1f}", *cos,
-                  str(lat.get("p50", "—")), str(m.get("peak_rss_mb") or "—"))
-    out.print(t)
+        rows.append([a["path"], a["precision"], f"{a['size_bytes'] / 1e6:.1f}", *cos,
+                     str(lat.get("p50", "—")), str(m.get("peak_rss_mb") or "—")])
+    _print_table(f"{manifest['model']['name']} -> {manifest['target']['name']} (recipe {manifest['recipe']['name']})",
+                 ("artifact", "precision", "MB", "cos mean", "cos worst", "p50 ms 1thr", "peak RSS MB"), rows)
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[list[str]], keys: int = 1) -> None:
+    """A table whose cells are never cut: a grid when it fits the console with every word of every cell
+    whole on one line (rendered, then checked), else one record per row: its first ``keys`` cells as a
+    heading line, the rest as "column: value" wrapped between values. Piped output is the same text,
+    without colour codes."""
+    import io
+    import textwrap
+
+    from rich.console import Console as _Console
+
+    plain = dict(markup=False, highlight=False, soft_wrap=True)
+    t = Table(title=title)
+    for i, col in enumerate(columns):  # the heading cells (names) get their width; rich shares out the rest
+        t.add_column(col, overflow="fold", no_wrap=i < keys)
+    for r in rows:
+        t.add_row(*r)
+    probe = _Console(file=io.StringIO(), width=out.width, color_system=None, legacy_windows=False)
+    probe.print(t, markup=False, highlight=False, crop=False)  # uncropped: a too-wide grid shows as long lines
+    grid = probe.file.getvalue()
+    lines = grid.splitlines()
+    if all(len(ln) <= out.width for ln in lines) and all(
+            any(w in ln for ln in lines) for r in rows for cell in r for w in cell.split()):
+        out.print(grid, end="", **plain)
+        return
+    out.print(title, **plain)
+    for r in rows:
+        out.print("  ".join(r[:keys]), **plain)
+        rest = "; ".join(f"{c}: {v}" for c, v in zip(columns[keys:], r[keys:]))
+        out.print(textwrap.fill(rest, max(out.width, 40), initial_indent="    ", subsequent_indent="    ",
+                                break_long_words=False, break_on_hyphens=False), **plain)
 
 
 @app.command()
@@ -145,28 +177,67 @@ def bench(
         _fail(e)
     if len(measured) > 1:
         rows = comparison_rows(measured)
-        t = Table(title="side by side (ratios vs the first export)")
-        for col in COLUMNS:
-            t.add_column(col)
-        for r in rows:
-            t.add_row(*table_cells(r))
-        out.print(t)
+        # export and artifact first: the heading of each record when the table is too wide for the console
+        order = [0, 2, *(i for i in range(len(COLUMNS)) if i not in (0, 2))]
+        _print_table("side by side (ratios vs the first export)", tuple(COLUMNS[i] for i in order),
+                     [[table_cells(r)[i] for i in order] for r in rows], keys=2)
         if summary:
             js, md = write_comparison(rows, summary)
-            out.print(f"wrote {js} and {md}")
+            out.print(f"wrote {js} and {md}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
-def report(export_dir: Path = typer.Argument(..., help="a folder written by `edgecomp export`")):
-    """Rewrite OUT/report.md (and the size plot) from OUT/manifest.json and print it."""
+def report(
+    export_dirs: list[Path] = typer.Argument(..., help="one or more folders written by `edgecomp export`"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="with several exports: a new folder for "
+                                          "the comparison report (default: inside the first export, listed in its manifest)"),
+    force: bool = typer.Option(False, "--force", help="replace an earlier comparison folder written by `edgecomp report`"),
+):
+    """Rewrite OUT/report.md, OUT/report.html and OUT/charts/ from OUT/manifest.json and print report.md;
+    with several exports, write one comparison report of all of them instead."""
     from .manifest import read_manifest
     from .report import write_report
 
     try:
-        p = write_report(read_manifest(export_dir), export_dir)
+        manifests = [(d, read_manifest(d)) for d in export_dirs]
+        if len(manifests) > 1:
+            where = _write_comparison(manifests, output, force)
+        else:
+            written = write_report(manifests[0][1], manifests[0][0])
     except EdgecompError as e:
         _fail(e)
-    out.print(p.read_text(), markup=False, highlight=False)
+    if len(manifests) == 1:
+        if output is not None:
+            console.print("note: --output is for a comparison of several exports; wrote the report into the export",
+                          highlight=False, soft_wrap=True)
+        out.print(written.read_text(), markup=False, highlight=False)
+        out.print(f"wrote {written} and {written.with_suffix('.html')}", markup=False, highlight=False,
+                  soft_wrap=True)
+        return
+    out.print(f"wrote the comparison: {where}/comparison.md and {where}/comparison.html", markup=False,
+              highlight=False, soft_wrap=True)
+
+
+def _write_comparison(manifests: list[tuple[Path, dict]], output: Optional[Path], force: bool) -> Path:
+    """Into the first export (its manifest lists the files), or into a folder of its own that edgecomp
+    builds, records (comparison.json) and may later replace with --force, like an export."""
+    from . import __version__
+    from .manifest import write_json_atomic
+    from .outdir import COMPARISON_RECORD, staged_output_dir, written_files
+    from .report import write_comparison_report
+
+    inside = next(((d, m) for d, m in manifests if output is not None and Path(output).resolve() == d.resolve()), None)
+    if output is None or inside:
+        d, m = inside or manifests[0]
+        write_comparison_report(manifests, d, owner=m)
+        return d
+    with staged_output_dir(output, force, protected=tuple(d for d, _ in manifests)) as build:
+        write_comparison_report(manifests, build, owner=None)
+        write_json_atomic(build / COMPARISON_RECORD, {
+            "edgecomp_version": __version__, "kind": "comparison report",
+            "exports": [str(d.resolve()) for d, _ in manifests],
+            "files": [f for f in written_files(build) if f != COMPARISON_RECORD]})
+    return output
 
 
 @app.command()
@@ -203,7 +274,7 @@ def compress(
             log(f"compress: recipe {recipe!r}")
             rep = compress_model(loaded.model, rec.steps,
                                  Calibration(loaded.tokenizer, read_texts(texts) if texts else default_texts()),
-                                 quant=quant)
+                                 quant=quant, log=log)
             # pickle format: compressed modules may share tensors (query/key/value smoothing scales, a weight
             # decoder shared across layers), which safetensors refuses to store
             loaded.model.save_pretrained(build, safe_serialization=False)
@@ -248,15 +319,11 @@ def recipes():
 
 def _print_listing(title: str, columns: tuple[str, ...], rows) -> None:
     """A table of what the package data holds; a data file that cannot be read is one line."""
-    t = Table(title=title)
-    for col in columns:
-        t.add_column(col)
     try:
-        for row in rows():
-            t.add_row(*row)
+        listed = [list(row) for row in rows()]
     except EdgecompError as e:
         _fail(e)
-    out.print(t)
+    _print_table(title, columns, listed)
 
 
 def main() -> None:

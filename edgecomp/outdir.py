@@ -22,8 +22,10 @@ from pathlib import Path
 
 from .errors import EdgecompError
 
-# The files by which a folder says edgecomp wrote it, and what it lists as its own.
-RECORDS = ("manifest.json", "compression.json")
+# The files by which a folder says edgecomp wrote it, and what it lists as its own: an export, a
+# compressed model, a comparison report of several exports (`edgecomp report A B -o DIR`).
+COMPARISON_RECORD = "comparison.json"
+RECORDS = ("manifest.json", "compression.json", COMPARISON_RECORD)
 STAGING_PREFIX = ".edgecomp-"
 FULL_DISK_BYTES = 16 << 20  # below this, a failed write is taken for a full disk
 
@@ -48,7 +50,7 @@ def written_files(folder: Path) -> list[str]:
 
 
 # What exports written before manifests listed their files hold besides their artifacts.
-LEGACY_EXPORT_FILES = {"report.md", "size_breakdown.png", "early_exit.json", "config.json", "tokenizer.json",
+LEGACY_EXPORT_FILES = {"report.md", "report.html", "size_breakdown.png", "early_exit.json", "config.json", "tokenizer.json",
                        "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
                        "tokenizer.model", "generation_config.json"}
 

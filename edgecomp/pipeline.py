@@ -24,7 +24,7 @@ from .bench.checks import run_checks
 from .bench.latency import benchmark_feeds, latency_block
 from .bench.memory import peak_rss_mb
 from .bench.native import default_options, measure_native
-from .bench.size import onnx_size_breakdown, torch_size_breakdown
+from .bench.size import artifact_size_breakdown, torch_size_breakdown
 from .errors import EdgecompError
 from .manifest import MANIFEST, sha256, write_json_atomic
 from .outdir import check_output, staged_output_dir, written_files
@@ -353,7 +353,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
 
             log(f"compress: recipe {recipe.name!r} ({len(recipe.steps)} steps)")
             compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts),
-                                         quant=train_view(job))
+                                         quant=train_view(job), log=log)
         records = plan.build(job)
 
         shutil.rmtree(work, ignore_errors=True)
@@ -365,9 +365,11 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             rec["size_bytes"] = p.stat().st_size
             rec["sha256"] = sha256(p)
         breakdown = {"pytorch-fp32": ref_breakdown}
-        for rec in records:
-            if rec["format"] == "onnx" and "stage" not in rec:
-                breakdown[rec["path"]] = onnx_size_breakdown(build / rec["path"], loaded.model)
+        for rec in records:  # every artifact (.onnx, .ort, .tflite) of the export, its primary included
+            if "stage" not in rec:
+                split = artifact_size_breakdown(build / rec["path"], loaded.model)
+                if split:
+                    breakdown[rec["path"]] = split
         manifest = {
             "edgecomp_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -6,12 +6,14 @@ Marked e2e (minutes, not seconds). Skipped when the model package is not install
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from chromium import CHROMIUM
 from edgecomp.cli import app
 
 pytestmark = pytest.mark.e2e
@@ -79,3 +81,25 @@ def test_run_on_unseen_text_matches_pytorch(exports, torch_reference, unseen_tex
     got = np.array([json.loads(ln)["embedding"] for ln in dst.read_text().splitlines()])
     cos = (got * torch_reference).sum(-1)
     assert cos.mean() >= 0.99 and cos.min() >= 0.95, (cos.mean(), cos.min())
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium is not installed (apt-get install -y chromium; CI installs it via scripts/setup_ci.sh)")
+def test_android_report_renders_in_chromium(exports, tmp_path):
+    """The android export's report.html in headless Chromium: every chart the export writes decodes, is laid
+    out and drawn (not a white box), the peers are marked, and the page logs no error (its CSP would report
+    any fetch). The size chart has a bar per artifact, the primary .tflite included."""
+    from chromium import blank_fraction, render_page
+
+    out = exports["android"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert set(m["size_breakdown"]) == {"pytorch-fp32", "model.onnx", "model.ort", "model.tflite"}
+    assert {"report.html", "charts/size.png", "charts/quality-cosine.png", "charts/native.png"} <= set(m["files"])
+    assert "Peers (red diamonds): optimum onnx fp32" in (out / "report.md").read_text()
+    page = render_page(out / "report.html")
+    assert page["errors"] == []
+    charts = {i["chart"]: i for i in page["images"] if i["chart"]}
+    assert set(charts) == {f for f in m["files"] if f.startswith("charts/")}
+    for img in charts.values():
+        assert img["complete"] and img["naturalWidth"] > 300 and img["width"] > 300, img
+        assert blank_fraction(page["screenshot"], img) < 0.97, img
+    (tmp_path / "minilm-android-report.png").write_bytes(page["screenshot"])

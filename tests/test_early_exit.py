@@ -424,3 +424,16 @@ def test_finetune_writes_a_loadable_classifier(tiny, tmp_path):
     m = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True)
     assert m.config.id2label == {0: "negative", 1: "positive"} and (out / "finetune.json").exists()
     assert (out / "tokenizer_config.json").exists()
+
+
+def test_report_draws_the_exit_curve(cli_export):
+    """The export's report shows the real early-exit block: the τ table (one row per τ tried) and the
+    accuracy–compute curve, which the manifest lists as the export's own file."""
+    import json
+
+    m = json.loads((cli_export / "manifest.json").read_text())
+    text = (cli_export / "report.md").read_text()
+    assert "## Early exit" in text and "![early-exit](charts/early-exit.png)" in text
+    rows = [ln for ln in text.split("## Early exit", 1)[1].split("##", 1)[0].splitlines() if ln.startswith("| ")]
+    assert len(rows) == 1 + len(m["early_exit"]["tau_grid"])  # header + one per τ
+    assert "charts/early-exit.png" in m["files"] and (cli_export / "charts" / "early-exit.png").stat().st_size > 5000

@@ -85,3 +85,94 @@ def torch_size_breakdown(model) -> dict:
         out[classify(name, layout)] += p.numel() * p.element_size()
     out["total"] = sum(out.values())
     return out
+
+
+def _classified(weights, layout, total: int) -> dict:
+    """Bytes per component from (name + consumer names, nbytes) pairs, the rest of the file as graph."""
+    out = dict.fromkeys(COMPONENTS, 0)
+    for where, nbytes in weights:
+        out[classify(where, layout)] += nbytes
+    out["graph_and_metadata"] = max(total - sum(out[c] for c in COMPONENTS), 0)
+    out["total"] = total
+    return out
+
+
+def ort_size_breakdown(path: Path, model=None) -> dict:
+    """The breakdown of an ORT-format (.ort) file, read with onnxruntime's own flatbuffers schema: its
+    initializers keep the ONNX names and its nodes the ONNX node names, so they classify as the .onnx does."""
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
+
+    from ..archs import layout_of
+
+    buf = Path(path).read_bytes()
+    graph = InferenceSession.GetRootAs(buf, 0).Model().Graph()
+    consumers: dict[str, list[str]] = {}
+    for j in range(graph.NodesLength()):
+        node = graph.Nodes(j)
+        for k in range(node.InputsLength()):
+            consumers.setdefault(node.Inputs(k).decode(), []).append((node.Name() or b"").decode())
+    weights = []
+    for j in range(graph.InitializersLength()):
+        t = graph.Initializers(j)
+        name = t.Name().decode()
+        weights.append((" ".join([name, *consumers.get(name, [])]), t.RawDataLength() + 0))
+    return _classified(weights, layout_of(model) if model is not None else None, len(buf))
+
+
+def tflite_size_breakdown(path: Path, model=None) -> dict:
+    """The breakdown of a LiteRT (.tflite) file, read with ai-edge-litert's flatbuffers schema. Signatures
+    (sequence buckets) are subgraphs sharing weight buffers: each buffer counts once. litert-torch names
+    tensors ``t<N>``, so a buffer is attributed by its element count to the component whose parameters
+    have that many elements (the majority, when several do: e.g. a bias and a norm of the same width);
+    a count no parameter has (scales, folded constants) is "other"."""
+    import math
+
+    from ai_edge_litert.schema_py_generated import Model
+
+    buf = Path(path).read_bytes()
+    m = Model.GetRootAs(buf, 0)
+    sizes = {}
+    for b in range(m.BuffersLength()):
+        entry = m.Buffers(b)
+        # a buffer is inline data or, as litert-torch writes weights, an offset/size past the flatbuffer
+        sizes[b] = entry.DataLength() or (entry.Size() if entry.Offset() > 1 else 0)
+    by_numel = _components_by_numel(model)
+    seen: dict[int, str] = {}
+    for s in range(m.SubgraphsLength()):
+        g = m.Subgraphs(s)
+        for t in range(g.TensorsLength()):
+            tensor = g.Tensors(t)
+            if sizes.get(tensor.Buffer()) and tensor.Buffer() not in seen:
+                n = math.prod(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else 1
+                seen[tensor.Buffer()] = by_numel.get(n) or classify_keywords((tensor.Name() or b"").decode())
+    out = dict.fromkeys(COMPONENTS, 0)
+    for b, component in seen.items():
+        out[component] += sizes[b]
+    total = len(buf)
+    out["graph_and_metadata"] = max(total - sum(out[c] for c in COMPONENTS), 0)
+    out["total"] = total
+    return out
+
+
+def _components_by_numel(model) -> dict[int, str]:
+    """Element count -> the component holding most parameters of that count (torch_size_breakdown's rule)."""
+    if model is None:
+        return {}
+    from ..archs import layout_of
+
+    layout = layout_of(model)
+    votes: dict[int, dict[str, int]] = {}
+    for name, p in model.named_parameters():
+        c = classify(name, layout)
+        votes.setdefault(p.numel(), {}).setdefault(c, 0)
+        votes[p.numel()][c] += 1
+    return {n: max(v, key=v.get) for n, v in votes.items()}
+
+
+# Per artifact suffix: how its bytes split into components (the size plot covers every artifact).
+SIZE_BREAKDOWNS = {".onnx": onnx_size_breakdown, ".ort": ort_size_breakdown, ".tflite": tflite_size_breakdown}
+
+
+def artifact_size_breakdown(path: Path, model=None) -> dict | None:
+    fn = SIZE_BREAKDOWNS.get(Path(path).suffix)
+    return fn(path, model) if fn else None

@@ -42,9 +42,11 @@ def parse_steps(steps: Sequence[dict]) -> list[tuple[str, object]]:
     return parsed
 
 
-def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibration | None, quant=None) -> dict:
+def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibration | None, quant=None,
+                   log: Callable[[str], None] = lambda s: None) -> dict:
     """Run the recipe's steps in place on `model`; returns {steps: [...], params_before, params_after, ...}.
     ``quant``: the edgecomp.quant.TrainView of the export's quantized artifacts, for quant-aware steps.
+    ``log``: the caller's progress lines (the export's log): one per step, and distillation's per part.
 
     With calibration text, every step also reports the cosine of the mean-pooled output against the
     uncompressed model on that text (a quick in-PyTorch check; the pipeline verifies the artifacts).
@@ -66,11 +68,12 @@ def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibra
                 p.requires_grad_(False)
         ref_emb = pooled_embeddings(model, calibration)
     reports = []
-    for method, cfg in parsed:
+    for k, (method, cfg) in enumerate(parsed, 1):
         _, apply = METHODS.get(method)
+        log(f"compress: step {k}/{len(parsed)} {method}")
         t0 = time.perf_counter()
         if method == "distill":
-            rep: StepReport = apply(model, cfg, calibration, reference, quant)
+            rep: StepReport = apply(model, cfg, calibration, reference, quant, log=log)
         else:
             rep = apply(model, cfg, calibration)
         model.eval()
@@ -79,6 +82,9 @@ def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibra
         if calibration is not None:
             out["fidelity"]["calibration"] = cosine_summary(ref_emb, pooled_embeddings(model, calibration))
         reports.append(out)
+        cos = (out["fidelity"].get("calibration") or {}).get("cos_mean")
+        log(f"compress: step {k}/{len(parsed)} {method} done in {out['seconds']:.1f} s"
+            + (f", mean cosine vs the uncompressed model {cos:.4f}" if isinstance(cos, (int, float)) else ""))
     after = model_params(model)
     return {"steps": reports, "params_before": before, "params_after": after,
             "bytes_before_fp32": 4 * before, "bytes_after_fp32": 4 * after}

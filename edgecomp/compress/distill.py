@@ -377,8 +377,9 @@ def _train(module: nn.Module, params: list, steps: int, lr: float, loss_fn, n_ba
 
 
 def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None, reference: nn.Module | None,
-          quant: TrainView | None = None) -> StepReport:
-    """``quant``: what the export's quantized artifacts store (the pipeline's train view); read when quant_aware."""
+          quant: TrainView | None = None, log=lambda s: None) -> StepReport:
+    """``quant``: what the export's quantized artifacts store (the pipeline's train view); read when quant_aware.
+    ``log``: one progress line per trained part (embeddings, each block, end to end) with its loss and time."""
     cal = require_calibration(calibration, "distill")
     check(reference is not None, "distill has no uncompressed reference model",
           "run it through compress_model, which keeps a frozen copy of the model before the first step")
@@ -390,8 +391,17 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
     rep = StepReport("distill", {**asdict(cfg), **({"quantization": _view_json(view)} if view else {})})
     deadline = math.inf if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
     blocks_name, _ = blocks_of(model)
+    log(f"distill: teacher outputs on {len(cal.texts)} texts")
     teacher = capture(reference, cal, cfg.batch_size, blocks_name, keep_out=cfg.final_steps > 0)
     student_blocks = model.get_submodule(blocks_name)
+    n_parts = len(student_blocks) + 1 + (1 if cfg.final_steps else 0)  # (embeddings,) blocks, (end to end)
+    done_parts = [0]
+
+    def trained(name: str, first: float, last: float, steps: int, t0: float) -> dict:
+        done_parts[0] += 1
+        log(f"distill: {name} ({done_parts[0]}/{n_parts}): loss {first:.4g} -> {last:.4g}, {steps} steps, "
+            f"{time.perf_counter() - t0:.1f} s{' (quant-aware)' if view is not None else ''}")
+        return {"before": float(f"{first:.4g}"), "after": float(f"{last:.4g}"), "steps": steps}
     folds = layernorm_inputs(model, teacher[0]["batch"]) if view is not None and view.fold_layernorm else {}
 
     def fake_quant_on(module: nn.Module | None) -> list:
@@ -416,9 +426,12 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
                 b = teacher[i]["batch"]
                 got = run_embeddings(emb, b)
                 return token_mse(got, teacher[i]["emb"], b["attention_mask"])
+            t0 = time.perf_counter()
             first, last, n = _train(emb, params, cfg.steps, cfg.lr, emb_loss, len(teacher), deadline)
             remove_fake_quant(fq)
-            losses["embeddings"] = {"before": float(f"{first:.4g}"), "after": float(f"{last:.4g}"), "steps": n}
+            losses["embeddings"] = trained("embeddings", first, last, n, t0)
+        else:
+            n_parts -= 1  # no table to train
         # 2. blocks, in order, each from the student's own input
         inputs = []
         fq = fake_quant_on(emb)
@@ -436,6 +449,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
                 out = call_block(blk, inputs[i], args, kwargs)
                 out = out[0] if isinstance(out, tuple) else out
                 return token_mse(out, want, teacher[i]["batch"]["attention_mask"])
+            t0 = time.perf_counter()
             first, last, n = _train(blk, list(blk.parameters()), cfg.steps, cfg.lr, blk_loss, len(teacher), deadline)
             with torch.no_grad():
                 nxt = []
@@ -446,7 +460,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
             remove_fake_quant(fq)
             inputs = nxt if cfg.sequential else [_hidden_in(rec["blocks"][j + 1]) if j + 1 < len(student_blocks) else None
                                                  for rec in teacher]  # noqa: E501
-            losses[f"{blocks_name}.{j}"] = {"before": float(f"{first:.4g}"), "after": float(f"{last:.4g}"), "steps": n}
+            losses[f"{blocks_name}.{j}"] = trained(f"{blocks_name}.{j}", first, last, n, t0)
         # 3. end to end: every block at once on the last hidden state (fixes what blocks pass on)
         if cfg.final_steps:
             params = [p for p in model.parameters() if cfg.train_tables or id(p) not in gather_tables(model)]
@@ -456,9 +470,10 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
                 rec = teacher[i]
                 got = last_hidden(model(**rec["batch"], output_hidden_states=True))
                 return token_mse(got, rec["out"], rec["batch"]["attention_mask"])
+            t0 = time.perf_counter()
             first, last, n = _train(model, params, cfg.final_steps, cfg.lr / 2, final_loss, len(teacher), deadline)
             remove_fake_quant(fq)
-            losses["end_to_end"] = {"before": float(f"{first:.4g}"), "after": float(f"{last:.4g}"), "steps": n}
+            losses["end_to_end"] = trained("end to end", first, last, n, t0)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)

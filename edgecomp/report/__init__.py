@@ -1,3 +1,3 @@
-"""OUT/report.md (and OUT/size_breakdown.png): the manifest, for a person."""
+"""OUT/report.md, OUT/report.html and OUT/charts/: the manifest, for a person (and several side by side)."""
 
-from .markdown import write_report  # noqa: F401
+from .writer import write_comparison_report, write_report  # noqa: F401

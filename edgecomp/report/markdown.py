@@ -1,11 +1,9 @@
-"""Render a manifest as Markdown, plus a size-breakdown plot."""
+"""A manifest as Markdown that renders on GitHub: every table has blank lines around it, no cell can split
+a row, and the fidelity columns are the task's (edgecomp/tasks)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..bench.size import COMPONENTS
-from ..manifest import save_figure_atomic, write_text_atomic
 
 
 def _mb(n: int | float | None) -> str:
@@ -20,7 +18,40 @@ def _fmt(v, nd=4) -> str:
     return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
-def render(manifest: dict) -> str:
+# The fidelity columns of the artifacts table, by what a task's fidelity records (edgecomp/tasks): an
+# encoder's cosine against PyTorch fp32, a causal LM's perplexity and greedy tokens.
+FIDELITY_COLUMNS = {
+    "cos_mean": (("cos mean", lambda f: _fmt(f.get("cos_mean"))), ("cos worst", lambda f: _fmt(f.get("cos_min"))),
+                 ("max abs diff", lambda f: _fmt(f.get("max_abs_diff")))),
+    "nll_ratio": (("perplexity (PyTorch)", lambda f: f"{_fmt(f.get('ppl'), 3)} ({_fmt(f.get('ppl_torch'), 3)})"),
+                  ("NLL ratio", lambda f: _fmt(f.get("nll_ratio"), 5)),
+                  ("greedy tokens equal, worst prompt", lambda f: f"{_fmt(f.get('greedy_match_min'))} of "
+                                                                  f"{_fmt(f.get('max_new_tokens'))}")),
+}
+
+
+def fidelity_columns(artifacts: list[dict]):
+    """The columns for the keys these artifacts' fidelity records hold (cosine when none is known)."""
+    keys = {k for a in artifacts for k in ((a.get("metrics") or {}).get("fidelity") or {})}
+    cols = [c for key, group in FIDELITY_COLUMNS.items() if key in keys for c in group]
+    return cols or list(FIDELITY_COLUMNS["cos_mean"])
+
+
+def cell(text) -> str:
+    """A table cell: pipes escaped and no line breaks, so a value can never split a row; "<" as an entity,
+    so a manifest string is never read as HTML (GitHub and report.html both show it as "<")."""
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """A GitHub table with a blank line before and after: text next to a table is never read as a row."""
+    return ["", "| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(c) for c in r) + " |" for r in rows), ""]
+
+
+def render(manifest: dict, charts: dict | None = None) -> str:
+    """The report of one export; ``charts``: chart key -> (relative PNG path, caption) to show."""
+    charts = charts or {}
     m, t = manifest["model"], manifest["target"]
     lines = [
         f"# edgecomp export: {m['name']} for {t['name']}",
@@ -33,47 +64,137 @@ def render(manifest: dict) -> str:
         "all latency and memory figures below are from this machine, not a device.",
         "",
         "## Artifacts",
-        "",
-        "| file | format | runtime | precision | MB | vs fp32 PyTorch | native peak RSS MB | Python peak RSS MB | p50 ms (1 thr) | p50 ms (2 thr) | cos mean | cos worst | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ref_bytes = manifest.get("reference", {}).get("size_bytes")
-    for a in manifest["artifacts"]:
+    arts = manifest["artifacts"]
+    fcols = fidelity_columns(arts)
+    header = ["file", "format", "runtime", "precision", "MB", "vs fp32 PyTorch", "native peak RSS MB",
+              "Python peak RSS MB", "p50 ms (1 thr)", "p50 ms (2 thr)", *(c[0] for c in fcols)]
+    rows = []
+    for a in arts:
         met = a.get("metrics", {})
         lat = met.get("latency_ms") or {}
         th = lat.get("threads", {})
-        fid = met.get("fidelity", {})
+        fid = met.get("fidelity") or {}
         ratio = f"{a['size_bytes'] / ref_bytes:.2f}x" if ref_bytes else "—"
-        lines.append(
-            f"| `{a['path']}` | {a['format']} | {a['runtime']} | {a['precision']} | {_mb(a['size_bytes'])} | {ratio} | "
-            f"{_fmt((met.get('native') or {}).get('peak_rss_mb'), 1)} | "
-            f"{_fmt(met.get('peak_rss_mb'), 1)} | {_fmt(th.get('1', {}).get('p50'), 2)} | {_fmt(th.get('2', {}).get('p50'), 2)} | "
-            f"{_fmt(fid.get('cos_mean'))} | {_fmt(fid.get('cos_min'))} | {_fmt(fid.get('max_abs_diff'))} |"
-        )
+        rows.append([f"`{a['path']}`", a["format"], a["runtime"], a["precision"], _mb(a["size_bytes"]), ratio,
+                     _fmt((met.get("native") or {}).get("peak_rss_mb"), 1), _fmt(met.get("peak_rss_mb"), 1),
+                     _fmt(th.get("1", {}).get("p50"), 2), _fmt(th.get("2", {}).get("p50"), 2),
+                     *(c[1](fid) if fid else "—" for c in fcols)])
     for sk in manifest.get("skipped_artifacts", []):
-        lines.append(f"| `{sk['path']}` | {sk['format']} | — | — | not built | | | | | | | | {sk['reason']} |")
-    lat0 = next((a["metrics"].get("latency_ms") for a in manifest["artifacts"] if a.get("metrics", {}).get("latency_ms")), None)
-    if lat0:
-        lines += ["", f"Latency: batch {lat0['batch']}, sequence {lat0['seq_len']}, median (p50) of {next(iter(lat0['threads'].values()))['runs']} runs after warm-up."]
-    fid0 = next((a["metrics"].get("fidelity") for a in manifest["artifacts"] if a.get("metrics", {}).get("fidelity")), None)
+        rows.append([f"`{sk['path']}`", sk["format"], "—", "—", "not built", sk["reason"], *[""] * (len(header) - 6)])
+    lines += table(header, rows)
+    lat0 = next((a["metrics"].get("latency_ms") for a in arts if a.get("metrics", {}).get("latency_ms")), None)
+    if lat0 and lat0.get("threads"):
+        lines += [f"Latency: batch {lat0.get('batch')}, sequence {lat0.get('seq_len')}, median (p50) of "
+                  f"{next(iter(lat0['threads'].values())).get('runs')} runs after warm-up.", ""]
+    fid0 = next((a["metrics"].get("fidelity") for a in arts if a.get("metrics", {}).get("fidelity")), None)
     if fid0:
-        lines.append(f"Fidelity: each artifact run on its runtime vs the uncompressed PyTorch fp32 model on {fid0['n_texts']} texts.")
+        lines += [f"Fidelity: each artifact run on its runtime vs the uncompressed PyTorch fp32 model on "
+                  f"{fid0.get('n_texts', '?')} texts.", ""]
+    lines += _task_section(manifest)
+    quality = _chart_lines(charts, "quality-")
+    if quality:
+        lines += ["", "## Quality against size and latency", *quality]
     sb = manifest.get("size_breakdown")
     if sb:
-        lines += ["", "## Size breakdown", "", "| component | " + " | ".join(sb) + " |", "|---|" + "---|" * len(sb)]
-        for c in (*COMPONENTS, "graph_and_metadata", "total"):
-            lines.append(f"| {c} | " + " | ".join(_mb(v.get(c)) + " MB" for v in sb.values()) + " |")
-        if Path(manifest.get("_dir", "."), "size_breakdown.png").exists():
-            lines += ["", "![size breakdown](size_breakdown.png)"]
+        comps = (*COMPONENTS, "graph_and_metadata", "total")
+        lines += ["## Size breakdown"]
+        lines += table(["component", *sb], [[c, *(_mb(v.get(c)) + (" MB" if v.get(c) is not None else "") for v in sb.values())]
+                                                for c in comps])
+        lines += _chart_lines(charts, "size")
     lines += _native_section(manifest)
+    lines += _chart_lines(charts, "native")
     lines += _generation_section(manifest)
-    if any(a.get("arm64") for a in manifest["artifacts"]):
+    if any(a.get("arm64") for a in arts):
         lines += _arm64_section(manifest)
+        lines += _chart_lines(charts, "arm64")
     lines += _mobile_section(manifest)
+    lines += _early_exit_section(manifest)
+    lines += _chart_lines(charts, "early-exit")
+    lines += _fit_section(manifest)
+    lines += _chart_lines(charts, "fit")
     for key in ("compression", "early_exit", "generation"):
         if manifest.get(key):
-            lines += ["", f"## {key.replace('_', ' ').title()}", "", "```json", _json(manifest[key]), "```"]
-    return "\n".join(lines) + "\n"
+            lines += ["", f"## {key.replace('_', ' ').title()} (manifest block)", "", "<details><summary>JSON</summary>",
+                      "", "```json", _json(manifest[key]), "```", "", "</details>"]
+    return _tidy(lines)
+
+
+def _tidy(lines: list[str]) -> str:
+    """At most one blank line in a row: the sections above pad themselves on both sides."""
+    out: list[str] = []
+    for ln in lines:
+        if ln == "" and (not out or out[-1] == ""):
+            continue
+        out.append(ln)
+    return "\n".join(out).strip("\n") + "\n"
+
+
+def _chart_lines(charts: dict, prefix: str) -> list[str]:
+    out = []
+    for key, (rel, caption) in charts.items():
+        if key.startswith(prefix):
+            out += ["", f"![{key}]({rel})", "", *([caption, ""] if caption else [])]
+    return out
+
+
+def _task_section(manifest: dict) -> list[str]:
+    """`edgecomp eval`: the task's metric for the fp32 PyTorch model and each artifact, with the drop."""
+    evals = manifest.get("task_eval") or {}
+    if not evals:
+        return []
+    out = ["", "## Task quality (`edgecomp eval`)"]
+    for task, spec in evals.items():
+        ref = spec.get("reference") or {}
+        rows = [[ref.get("name", "pytorch-fp32"), _fmt(ref.get("value"), 2), "—"]]
+        for a in manifest["artifacts"]:
+            r = ((a.get("metrics") or {}).get("task") or {}).get(task)
+            if r:
+                rows.append([f"`{a['path']}`", _fmt(r.get("value"), 2), _fmt(r.get("drop"), 2)])
+        out += ["", f"### {task}: {spec.get('metric', '')}", ""]
+        out += table(["model", spec.get("metric", "value"), "drop (points)"], rows)
+        out += [f"Data: `{spec.get('data', '?')}` ({_count(spec.get('n'))} examples).", ""]
+    return out
+
+
+def _early_exit_section(manifest: dict) -> list[str]:
+    b = manifest.get("early_exit")
+    if not b:
+        return []
+    acc = b.get("accuracy") or {}
+    out = ["", "## Early exit", "",
+           f"τ = {b.get('tau')}: accuracy {_pct(acc.get('early_exit'))} (full model {_pct(acc.get('full'))}, drop "
+           f"{_fmt(acc.get('drop_points'), 2)} points, budget {_fmt(b.get('max_accuracy_drop_points'))}), mean exit layer "
+           f"{_fmt(b.get('mean_exit_layer'), 2)} of {b.get('n_layers')} ({_fmt(b.get('layer_speedup'), 2)}x fewer layers); "
+           f"static depth {b.get('static_depth')}. Rule: {b.get('exit_rule', '')}.", ""]
+    grid = b.get("tau_grid") or []
+    if grid:
+        out += table(["τ", "accuracy", "agrees with full", "mean exit layer", "layer speedup"],
+                     [[_fmt(r.get("tau")), _pct(r.get("accuracy")), _pct(r.get("agreement_with_full")),
+                       _fmt(r.get("mean_exit_layer"), 2), _fmt(r.get("layer_speedup"), 2)] for r in grid])
+    return out
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}%"
+
+
+def _fit_section(manifest: dict) -> list[str]:
+    """`edgecomp fit`: the budget, every candidate, which are on the frontier, which was chosen."""
+    f = manifest.get("fit")
+    if not f:
+        return []
+    budget = ", ".join(f"{k} {v}" for k, v in (f.get("budget") or {}).items()) or "none"
+    out = ["", "## Fit (`edgecomp fit`)", "", f"Budget: {budget}; quality floor: `{f.get('quality', '—')}`.", ""]
+    rows = []
+    for c in f.get("candidates") or []:
+        rows.append([("**" + c.get("name", "?") + "**") if c.get("chosen") else c.get("name", "?"), c.get("recipe", "—"),
+                     _mb(c.get("size_bytes")), _fmt(c.get("rss_mb"), 1), _fmt(c.get("quality_drop"), 2),
+                     _fmt(c.get("latency_ms"), 2), "yes" if c.get("on_frontier") else "", "yes" if c.get("chosen") else "",
+                     "measured" if c.get("measured") else "estimated"])
+    out += table(["candidate", "recipe", "MB", "RSS MB", "quality drop", "p50 ms", "frontier", "chosen", "figures"], rows)
+    return out
 
 
 def _native_section(manifest: dict) -> list[str]:
@@ -178,34 +299,3 @@ def _json(d) -> str:
     import json
 
     return json.dumps(d, indent=2)[:6000]
-
-
-def plot_size_breakdown(manifest: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sb = manifest["size_breakdown"]
-    names = list(sb)
-    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * len(names)))
-    left = [0.0] * len(names)
-    for c in (*COMPONENTS, "graph_and_metadata"):
-        vals = [sb[n].get(c, 0) / 1e6 for n in names]
-        ax.barh(names, vals, left=left, label=c.replace("_", " "))
-        left = [l + v for l, v in zip(left, vals)]
-    ax.set_xlabel("MB")
-    ax.set_title(f"{manifest['model']['name']} on {manifest['target']['name']}: where the bytes go")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    save_figure_atomic(fig, png)
-
-
-def write_report(manifest: dict, out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    if manifest.get("size_breakdown"):
-        plot_size_breakdown(manifest, out_dir / "size_breakdown.png")
-    text = render({**manifest, "_dir": str(out_dir)})
-    p = out_dir / "report.md"
-    write_text_atomic(p, text)
-    return p
