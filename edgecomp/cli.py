@@ -123,6 +123,46 @@ def run(
                       highlight=False, soft_wrap=True)
 
 
+@app.command("eval")
+def eval_(
+    export_dir: Path = typer.Argument(..., help="a folder written by `edgecomp export`"),
+    task: Optional[str] = typer.Option(None, "--task", help="sts | classification | perplexity | retrieval "
+                                       "(default: the export's task's: sts, classification, perplexity)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="STS pairs TSV, labelled TSV (text<TAB>label), text file, "
+                                        "or a retrieval folder (queries.tsv, corpus.tsv, qrels.tsv); default: a small built-in set"),
+    threads: int = typer.Option(1, "--threads"),
+):
+    """Task quality of every artifact and of the PyTorch fp32 model side by side (with the drop); written to
+    the manifest (metrics.task, task_eval) and the report."""
+    from .evaluate import evaluate_export
+
+    try:
+        if threads < 1:
+            raise EdgecompError(f"--threads {threads} is not a positive number of threads", "use e.g. --threads 1")
+        manifest = evaluate_export(export_dir, task, data, threads=threads, log=_progress())
+        from .evaluate import choose_task
+
+        name = choose_task(manifest["model"]["task"], task).name
+    except EdgecompError as e:
+        _fail(e)
+    _print_task_eval(manifest, [name])
+
+
+def _print_task_eval(manifest: dict, names=None) -> None:
+    for name, ev in manifest.get("task_eval", {}).items():
+        if names is not None and name not in names:
+            continue
+        t = Table(title=f"{name}: {ev['metric']} on {ev['data']} ({ev['n']} items)")
+        for col in ("model", "precision", ev["metric"], "drop"):
+            t.add_column(col, overflow="fold")
+        t.add_row(ev["reference"]["name"], "fp32", f"{ev['reference']['value']:.2f}", "—")
+        for a in manifest["artifacts"]:
+            m = (a.get("metrics") or {}).get("task", {}).get(name)
+            if m:
+                t.add_row(a["path"], a["precision"], f"{m['value']:.2f}", f"{m['drop']:+.2f}")
+        out.print(t)
+
+
 @app.command()
 def bench(
     export_dirs: list[Path] = typer.Argument(..., help="one or more folders written by `edgecomp export`; "
