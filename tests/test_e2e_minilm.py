@@ -79,3 +79,16 @@ def test_run_on_unseen_text_matches_pytorch(exports, torch_reference, unseen_tex
     got = np.array([json.loads(ln)["embedding"] for ln in dst.read_text().splitlines()])
     cos = (got * torch_reference).sum(-1)
     assert cos.mean() >= 0.99 and cos.min() >= 0.95, (cos.mean(), cos.min())
+
+
+def test_eval_sts_matches_plain_pytorch_and_scipy(exports, tmp_path):
+    """`edgecomp eval --task sts` on the android export: fp32 and every artifact (.onnx, .ort, .tflite) equal a
+    plain transformers + scipy computation on the first 300 STS dev pairs (tests/test_evaluate.py)."""
+    from edgecomp.models import model_dir, resolve_model
+    from test_evaluate import check_sts_figures
+
+    m = check_sts_figures(exports["android"], model_dir(resolve_model("all-minilm-l6-v2")), tmp_path, 300)
+    ev = m["task_eval"]["sts"]
+    assert ev["reference"]["value"] > 75  # a real sentence encoder, not noise
+    for a in m["artifacts"]:
+        assert a["metrics"]["task"]["sts"]["drop"] < 2.0, a["path"]

@@ -300,3 +300,17 @@ def evaluate_export(export_dir: Path, task_name: str | None = None, data_path: s
 
         write_report(manifest, export_dir)
     return manifest
+
+
+def reference_score(loaded, target, task_name: str | None, data_path) -> tuple[EvalTask, object, str, dict]:
+    """(task, data, data label, reference score) for a model before any export exists (`edgecomp fit` scores
+    many candidate exports against one reference): tokenized as the target's exports will be."""
+    from ..pipeline import export_max_length
+    from ..tasks import TASKS
+
+    export_task = TASKS.get(loaded.spec.task)
+    task = choose_task(loaded.spec.task, task_name)
+    data, label = load_data(task, data_path)
+    manifest = {"model": {"task": loaded.spec.task, **export_task.manifest_fields(loaded)}}
+    scorer = reference_scorer(loaded, manifest, loaded.directory, export_max_length(target, loaded, None))
+    return task, data, label, task.score(scorer, data, manifest)
