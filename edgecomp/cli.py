@@ -180,6 +180,7 @@ def fit(
     max_measure: int = typer.Option(6, "--max-measure", help="at most this many candidates are exported and measured"),
     space: Optional[Path] = typer.Option(None, "--space", help="search space .toml (default edgecomp/data/fit/space.toml)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    no_bench: bool = typer.Option(False, "--no-bench", help="the chosen export: verify fidelity but skip latency and memory"),
 ):
     """Search recipes for MODEL on a target: the smallest export meeting a size (and RSS) budget and a task-quality
     floor; writes its recipe (OUT/recipe.toml, reproducible with `edgecomp export --recipe`) and exports it."""
@@ -196,7 +197,7 @@ def fit(
                         parse_bytes(max_rss, "--max-rss") / 1e6 if max_rss else None, drop, task)
         opts = FitOptions(max_measure=max_measure, workers=workers, ray_address=ray_address, cache_dir=cache,
                           data=str(data) if data else None, report_data=str(report_data) if report_data else None,
-                          space=space, force=force)
+                          space=space, force=force, bench=not no_bench)
         manifest = run_fit(model, target, output, budget, opts, log=_progress())
     except EdgecompError as e:
         _fail(e)

@@ -82,8 +82,9 @@ class FitOptions:
     data: str | None = None
     report_data: str | None = None  # a held-out set for the chosen export's final figure
     space: Path | None = None
-    size_slack: float = 1.10  # estimates within 10% over the size budget are still measured
+    size_slack: float = 1.03  # estimates within 3% over the size budget are still measured (MiniLM int4: 1% off)
     force: bool = False
+    bench: bool = True  # the chosen export's latency and memory (as `edgecomp export`; --no-bench skips)
 
 
 def content_hash(*parts) -> str:
@@ -231,6 +232,7 @@ def _run_jobs(jobs: list[dict], opts: FitOptions, log, progress) -> dict[str, di
                      configure_logging=False)
         remote = ray.remote(num_cpus=1, max_retries=0)(measure_candidate)
         pending = {remote.remote(j): j for j in todo}
+        log(f"measure: {len(todo)} candidates on Ray ({opts.ray_address or f'local, {opts.workers} workers'})")
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -241,7 +243,8 @@ def _run_jobs(jobs: list[dict], opts: FitOptions, log, progress) -> dict[str, di
                     results[j["key"]] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
                 progress.advance(bar)
         return results
-    for j in todo:
+    for i, j in enumerate(todo):
+        log(f"measure: {j['name']} ({i + 1}/{len(todo)})")
         try:
             results[j["key"]] = measure_candidate(j)
         except EdgecompError as e:
@@ -290,7 +293,14 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
         log(f"estimate: {len(valid)} of {len(rows)} candidates buildable for {target.name}")
         fitting = [r for r in valid if r.size_est <= budget.max_size * opts.size_slack]
         # most promising first: lowest error proxy, then cheapest to build; the search measures at most max_measure
-        pick = sorted(fitting, key=lambda r: (round(r.error_est, 4), r.cand.cost, r.size_est))[:opts.max_measure]
+        # (equal estimates: the recipe with fewer steps first; smoothing has no weight-level proxy)
+        ordered = sorted(fitting, key=lambda r: (round(r.error_est, 4), r.cand.cost, len(r.cand.recipe.get("steps", [])),
+                                                 r.size_est))
+        # one candidate per estimate point first: choices the proxy cannot tell apart (smoothing) wait their turn
+        seen: set = set()
+        first = [r for r in ordered if not ((r.size_est, round(r.error_est, 4)) in seen
+                                            or seen.add((r.size_est, round(r.error_est, 4))))]
+        pick = (first + [r for r in ordered if r not in first])[:opts.max_measure]
         if not pick:  # nothing fits by estimate: measure the smallest, so the error names a real closest candidate
             pick = sorted(valid, key=lambda r: (r.size_est, r.error_est))[:max(1, min(2, opts.max_measure))]
         jobs = []
@@ -349,7 +359,7 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
     recipe_file = entry / "recipe.toml"
     write_text_atomic(recipe_file, toml_text)
     log(f"export: {best.cand.name} -> {out_dir}")
-    manifest = export(model, target_name, out_dir, ExportOptions(recipe=str(recipe_file), bench=True),
+    manifest = export(model, target_name, out_dir, ExportOptions(recipe=str(recipe_file), bench=opts.bench),
                       force=opts.force, log=log)
     from ..evaluate import evaluate_export
 

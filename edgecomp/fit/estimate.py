@@ -44,9 +44,11 @@ def _weights(q: dict | None, default_bits: int = 8) -> tuple[int, int | str]:
 
 
 def bytes_per_weight(bits: int, block, in_features: int) -> float:
-    """Stored bytes per weight: the codes plus one fp32 scale (and a 4-bit zero point) per block/channel."""
-    group = in_features if block in ("channel", "tensor") else int(block)
-    return bits / 8 + (4 + (0.5 if bits < 8 else 0)) / group
+    """Stored bytes per weight: the codes plus one scale per block/channel (fp32 per channel; about 2.5 bytes
+    per 4-bit block with its zero point, fitted to MiniLM's int4 exports: 14.3 MB measured for blocks of 32)."""
+    if block in ("channel", "tensor"):
+        return bits / 8 + 4 / in_features
+    return bits / 8 + 2.5 / int(block)
 
 
 def rtn_error(w: np.ndarray, bits: int, block) -> tuple[float, float]:
