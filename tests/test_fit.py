@@ -73,6 +73,11 @@ def test_budget_met_and_recipe_reproduces(search, tiny_bert_dir, fast_target):
     assert q["size_bytes"] == c["size_bytes"] <= 150_000
     assert m["task_eval"]["sts"]["reference"]["name"] == "pytorch-fp32"
     assert {"recipe.toml", "fit.json"} <= set(m["files"])
+    # judged on task quality: the recipe states the cosine floor it was measured at, below the artifacts' own
+    import tomllib
+
+    tol = tomllib.loads((out / "recipe.toml").read_text())["tolerance"]
+    assert 0 < tol["cos_mean"] <= min(a["metrics"]["fidelity"]["cos_mean"] for a in m["artifacts"])
     # the recipe file reproduces the export exactly
     again = search["root"] / "again"
     res = edgecomp("export", tiny_bert_dir, "--target", fast_target, "--recipe", out / "recipe.toml", "-o", again,

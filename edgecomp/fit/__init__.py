@@ -19,6 +19,7 @@ and a task that dies loses that candidate, not the search.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import re
@@ -33,6 +34,9 @@ from ..manifest import write_json_atomic, write_text_atomic
 from .space import Candidate, candidates, read_space, recipe_toml
 
 RESULT = "result.json"
+# Candidates are judged on task quality, not on the target's embedding-cosine floor: while searching, the
+# recipe lifts it; the chosen recipe states the floor it was measured at (so a regression still fails).
+SEARCH_TOLERANCE = {"cos_mean": 0.0, "cos_min": -1.0}
 UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 
 
@@ -140,6 +144,8 @@ def measure_candidate(job: dict) -> dict:
         "latency_ms": max(lat) if all(v is not None for v in lat) else None,
         "quality_drop": max(drops),
         "quality_value": min(a["metrics"]["task"][job["task"]]["value"] for a in arts),
+        "fidelity": {k: min(a["metrics"]["fidelity"][k] for a in manifest["artifacts"]) for k in ("cos_mean", "cos_min")
+                     if all(k in a["metrics"].get("fidelity", {}) for a in manifest["artifacts"])},
         "artifacts": [{"path": a["path"], "precision": a["precision"], "size_bytes": a["size_bytes"],
                        "sha256": a["sha256"], "task": a["metrics"]["task"][job["task"]]} for a in arts],
         "measure_seconds": round(time.time() - t0, 1),
@@ -168,7 +174,8 @@ def _valid(cand: Candidate, target, task: str) -> str | None:
     from ..recipes import check_steps, parse_recipe
 
     try:
-        recipe = parse_recipe(cand.recipe_table(), cand.name, None, where=f"candidate {cand.name}")
+        recipe = parse_recipe({**cand.recipe_table(), "tolerance": SEARCH_TOLERANCE}, cand.name, None,
+                              where=f"candidate {cand.name}")
         if not recipe.applies_to(task):
             return "not for this task"
         check_steps(recipe)
@@ -305,9 +312,10 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
             pick = sorted(valid, key=lambda r: (r.size_est, r.error_est))[:max(1, min(2, opts.max_measure))]
         jobs = []
         for r in pick:
-            key = content_hash(base_key, r.cand.recipe)[:24]
+            key = content_hash(base_key, r.cand.recipe, SEARCH_TOLERANCE)[:24]
             jobs.append({"name": r.cand.name, "key": key, "entry": str(cache / key),
-                         "toml": recipe_toml(r.cand.recipe_table(), "edgecomp fit candidate"),
+                         "toml": recipe_toml({**r.cand.recipe_table(), "tolerance": SEARCH_TOLERANCE},
+                                             "edgecomp fit candidate"),
                          "model": model, "target": target_name, "task": task.name, "data": opts.data,
                          "reference": reference, "bench": budget.max_rss_mb is not None, "threads": 1})
         del loaded, shapes
@@ -353,9 +361,12 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
         })
     # OUT: exported from the chosen recipe file by the same engine, with every check of the target
     table = best.cand.recipe_table()
+    fid = best.result.get("fidelity") or {}
+    if fid:  # just below what was measured on the export's verification text (the same bytes verify the same)
+        table["tolerance"] = {k: math.floor(v * 1000) / 1000 - 0.001 for k, v in fid.items()}
     toml_text = recipe_toml(table, f"chosen by `edgecomp fit {model} --target {target_name}` "
                                    f"(max size {budget.max_size / 1e6:g} MB, {task.name} drop <= {budget.max_drop})")
-    entry = cache / content_hash(base_key, best.cand.recipe)[:24]
+    entry = cache / content_hash(base_key, best.cand.recipe, SEARCH_TOLERANCE)[:24]
     recipe_file = entry / "recipe.toml"
     write_text_atomic(recipe_file, toml_text)
     log(f"export: {best.cand.name} -> {out_dir}")

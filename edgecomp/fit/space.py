@@ -92,7 +92,7 @@ def candidates(axes: list[Axis]) -> list[Candidate]:
         recipe: dict = {"steps": []}
         for c in combo:
             _merge(recipe, c.fragment)
-        labels = [c.label for a, c in zip(axes, combo) if c is not a.choices[0]]
+        labels = [c.label for c in combo if c.fragment]  # a choice that changes nothing is the default: unnamed
         cost = sum(c.cost for c in combo) - len(combo) + 1
         out.append(Candidate("-".join(labels) or "target-default", {a.name: c.label for a, c in zip(axes, combo)},
                              recipe, cost))
