@@ -155,6 +155,101 @@ def run(
                       highlight=False, soft_wrap=True)
 
 
+@app.command("eval")
+def eval_(
+    export_dir: Path = typer.Argument(..., help="a folder written by `edgecomp export`"),
+    task: Optional[str] = typer.Option(None, "--task", help="sts | classification | perplexity | retrieval "
+                                       "(default: the export's task's: sts, classification, perplexity)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="STS pairs TSV, labelled TSV (text<TAB>label), text file, "
+                                        "or a retrieval folder (queries.tsv, corpus.tsv, qrels.tsv); default: a small built-in set"),
+    threads: int = typer.Option(1, "--threads"),
+):
+    """Task quality of every artifact and of the PyTorch fp32 model side by side (with the drop); written to
+    the manifest (metrics.task, task_eval) and the report."""
+    from .evaluate import evaluate_export
+
+    try:
+        if threads < 1:
+            raise EdgecompError(f"--threads {threads} is not a positive number of threads", "use e.g. --threads 1")
+        manifest = evaluate_export(export_dir, task, data, threads=threads, log=_progress())
+        from .evaluate import choose_task
+
+        name = choose_task(manifest["model"]["task"], task).name
+    except EdgecompError as e:
+        _fail(e)
+    _print_task_eval(manifest, [name])
+
+
+def _print_task_eval(manifest: dict, names=None) -> None:
+    for name, ev in manifest.get("task_eval", {}).items():
+        if names is not None and name not in names:
+            continue
+        t = Table(title=f"{name}: {ev['metric']} on {ev['data']} ({ev['n']} items)")
+        for col in ("model", "precision", ev["metric"], "drop"):
+            t.add_column(col, overflow="fold")
+        t.add_row(ev["reference"]["name"], "fp32", f"{ev['reference']['value']:.2f}", "—")
+        for a in manifest["artifacts"]:
+            m = (a.get("metrics") or {}).get("task", {}).get(name)
+            if m:
+                t.add_row(a["path"], a["precision"], f"{m['value']:.2f}", f"{m['drop']:+.2f}")
+        out.print(t)
+
+
+@app.command()
+def fit(
+    model: str = typer.Argument(..., help="reference model name or a local Hugging Face directory"),
+    target: str = typer.Option(..., "--target", "-t", help="target profile (see `edgecomp targets`)"),
+    max_size: str = typer.Option(..., "--max-size", help="largest artifact allowed, e.g. 12MB (every shipped artifact)"),
+    quality: str = typer.Option(..., "--quality", help='task and the largest drop vs fp32, e.g. "sts:-1.0"'),
+    output: Path = typer.Option(..., "--output", "-o", help="folder for the chosen export (+ recipe.toml, fit.json)"),
+    max_rss: Optional[str] = typer.Option(None, "--max-rss", help="native peak RSS allowed, e.g. 30MB (measured by the native probe)"),
+    max_arm_instructions: Optional[str] = typer.Option(None, "--max-arm-instructions", help="not measured by fit yet"),
+    data: Optional[Path] = typer.Option(None, "--data", help="evaluation data for the quality floor (see `edgecomp eval --data`)"),
+    report_data: Optional[Path] = typer.Option(None, "--report-data", help="held-out data for the chosen export's final figure"),
+    workers: int = typer.Option(1, "--workers", help="candidates measured at once (embedded local Ray; needs the fit extra)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="run the measurements on this Ray cluster"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder (default ~/.cache/edgecomp/fit)"),
+    max_measure: int = typer.Option(6, "--max-measure", help="at most this many candidates are exported and measured"),
+    space: Optional[Path] = typer.Option(None, "--space", help="search space .toml (default edgecomp/data/fit/space.toml)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    no_bench: bool = typer.Option(False, "--no-bench", help="the chosen export: verify fidelity but skip latency and memory"),
+):
+    """Search recipes for MODEL on a target: the smallest export meeting a size (and RSS) budget and a task-quality
+    floor; writes its recipe (OUT/recipe.toml, reproducible with `edgecomp export --recipe`) and exports it."""
+    from .fit import Budget, FitOptions, fit as run_fit, parse_bytes, parse_quality
+
+    try:
+        if max_arm_instructions is not None:
+            raise EdgecompError("--max-arm-instructions is not measured by `edgecomp fit` yet",
+                                "drop it, and compare the chosen export with `edgecomp bench --target arm64`")
+        if workers < 1 or max_measure < 1:
+            raise EdgecompError("--workers and --max-measure take a positive number", "use e.g. --workers 2 --max-measure 6")
+        task, drop = parse_quality(quality)
+        budget = Budget(parse_bytes(max_size, "--max-size"),
+                        parse_bytes(max_rss, "--max-rss") / 1e6 if max_rss else None, drop, task)
+        opts = FitOptions(max_measure=max_measure, workers=workers, ray_address=ray_address, cache_dir=cache,
+                          data=str(data) if data else None, report_data=str(report_data) if report_data else None,
+                          space=space, force=force, bench=not no_bench)
+        manifest = run_fit(model, target, output, budget, opts, log=_progress())
+    except EdgecompError as e:
+        _fail(e)
+    _print_fit(manifest)
+    out.print(f"wrote {output}/recipe.toml, {output}/fit.json and the export")
+
+
+def _print_fit(manifest: dict) -> None:
+    f = manifest["fit"]
+    t = Table(title=f"fit: {f['measured']} measured of {f['buildable']} buildable candidates "
+                    f"({f['quality']}, max {f['budget']['max_size_bytes'] / 1e6:g} MB)")
+    for col in ("candidate", "MB", "drop", "RSS MB", "frontier", "chosen"):
+        t.add_column(col, overflow="fold")
+    for c in f["candidates"]:
+        if c["measured"]:
+            t.add_row(c["name"], f"{c['size_bytes'] / 1e6:.2f}", f"{c['quality_drop']:.2f}", str(c["rss_mb"] or "—"),
+                      "yes" if c["on_frontier"] else "", "yes" if c["chosen"] else "")
+    out.print(t)
+
+
 @app.command()
 def bench(
     export_dirs: list[Path] = typer.Argument(..., help="one or more folders written by `edgecomp export`; "

@@ -181,20 +181,28 @@ def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_l
                                 f"use --max-length {limit} or less")
         limit = max_length
     summary.max_length = limit
+    results: list[dict | None] = [None] * len(texts)
+    for group, outputs, feeds, cut in encoder_batches(export_dir, record, texts, threads, batch_size, limit):
+        summary.truncated += sum(cut)
+        for i, c, rec in zip(group, cut, task.records(outputs, feeds, spec)):
+            results[i] = {**rec, "truncated": c}
+    return results
+
+
+def encoder_batches(export_dir: Path, record: dict, texts: list[str], threads: int = 1, batch_size: int = 8,
+                    max_length: int | None = None):
+    """An encoder artifact over texts the way `edgecomp run` feeds it: (indices, outputs, feeds, truncated
+    per index) per length-grouped batch; one text per batch when the artifact is not batch-invariant."""
+    limit = max_length or artifact_max_length(export_dir, record)
     encode = TextEncoder(export_dir, limit)
     encs = encode.encode(texts)
-    cut = [bool(e.overflowing) for e in encs]
-    summary.truncated = sum(cut)
     runner = open_artifact(export_dir / record["path"], threads=threads)
     if not batch_invariant(record):
         batch_size = 1
-    results: list[dict | None] = [None] * len(texts)
     for group in length_groups([len(e.ids) for e in encs], batch_size):
         feeds = encode.feeds([encs[i] for i in group])
         feeds = {k: v for k, v in feeds.items() if k in runner.input_names}
-        for i, rec in zip(group, task.records(runner.run(feeds), feeds, spec)):
-            results[i] = {**rec, "truncated": cut[i]}
-    return results
+        yield group, runner.run(feeds), feeds, [bool(encs[i].overflowing) for i in group]
 
 
 def _run_early_exit(export_dir, texts, threads, summary) -> list[dict]:

@@ -8,6 +8,7 @@ a temporary folder that is renamed to OUT only when every artifact was produced 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import importlib.util
 import os
@@ -65,6 +66,7 @@ class ExportOptions:
     exit_data: str | None = None  # labelled TSV for exit heads and τ calibration (default: the model file's)
     exit_heads: str | None = None  # plain | ztw (default: the model file's)
     max_length: int | None = None  # truncation limit of every artifact (default: export_max_length)
+    checks: bool = True  # the target's CHECKS (arm64 under qemu, ...); `edgecomp fit` measures candidates without
 
 
 @dataclass
@@ -197,7 +199,7 @@ def _host() -> dict:
 
 
 def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: LoadedModel, target: TargetSpec,
-                     bench: bool, log: Callable[[str], None]) -> dict:
+                     bench: bool, log: Callable[[str], None], checks: bool = True) -> dict:
     """Verify one artifact against PyTorch and (optionally) measure its latency and fresh-process RSS."""
     from .runtime import open_artifact
 
@@ -216,7 +218,7 @@ def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: Loaded
         metrics["peak_rss_mb"] = peak_rss_mb(path, feeds, threads=1)
         log(f"bench: {path.name} native probe (peak RSS without Python)")
         metrics["native"] = measure_native(path, record, feeds, open_artifact(path, threads=1).run(feeds))
-    run_checks(target.checks, path, record, feeds, target.emulated_cpu or "cortex-a76", log,
+    run_checks(target.checks if checks else [], path, record, feeds, target.emulated_cpu or "cortex-a76", log,
                reference=lambda: ref.task.torch_forward(loaded.model, feeds))
     return metrics
 
@@ -234,7 +236,8 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
     rec["scheme"] = art.scheme.to_json() if art.scheme else None
     rec["session_options"] = default_options(path)  # what an app should load it with (bench/native.py)
     rec.update({k: v for k, v in info.items() if k not in rec})
-    rec["metrics"] = measure_artifact(path, rec, ref, ctx.loaded, ctx.target, ctx.options.bench, ctx.log)
+    rec["metrics"] = measure_artifact(path, rec, ref, ctx.loaded, ctx.target, ctx.options.bench, ctx.log,
+                                      checks=ctx.options.checks)
     require_tolerance(rec, ctx.target, recipe)
     return rec
 
@@ -309,7 +312,10 @@ def recipe_artifacts(target: TargetSpec, recipe) -> tuple[list[ArtifactSpec], li
 
 def require_tolerance(rec: dict, target: TargetSpec, recipe) -> None:
     """An artifact below the target's tolerance fails the export (nothing is skipped silently)."""
-    miss = check_tolerance(rec.get("metrics", {}).get("fidelity", {}), target.tolerance)
+    tolerance = target.tolerance
+    if recipe.options.get("tolerance"):  # a recipe measured on task quality states its own floor (edgecomp fit)
+        tolerance = dataclasses.replace(tolerance, **recipe.options["tolerance"])
+    miss = check_tolerance(rec.get("metrics", {}).get("fidelity", {}), tolerance)
     if miss:
         raise EdgecompError(
             f"{rec['path']} ({rec['precision']}, recipe {recipe.name!r}) misses the {target.name} target's tolerance: {miss}",

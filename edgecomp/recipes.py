@@ -42,10 +42,14 @@ RECIPE_OPTIONS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "formats": (list, "the only artifact formats this recipe ships (the others are recorded as skipped)"),
     "formats_reason": (str, "why the other formats are skipped (recorded in the manifest)"),
     "keep_factorized": (bool, "keep factorized layers factorized in the ONNX graph"),
+    # edgecomp.pipeline.require_tolerance: a recipe judged on task quality (edgecomp fit) states the fidelity
+    # floor it was measured at, over the target's [tolerance]
+    "tolerance": (dict, "the artifacts' fidelity floor for this recipe (cos_mean, cos_min, nll_ratio_max), over the target's"),
     # edgecomp.llm.export
     "prefill_buckets": (list, "causal LMs: prefill lengths of the .tflite signatures"),
 }
 RECIPE_FIELDS = ("name", "description", "tasks", "steps")
+TOLERANCE_KEYS = ("cos_mean", "cos_min", "nll_ratio_max")  # edgecomp.targets.Tolerance
 
 # Keys of earlier recipes, refused with the key that states the fact now (a user's old recipe gets a fix).
 RENAMED = {
@@ -137,6 +141,10 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
         if old:
             raise _refuse(where, f"step {i + 1} ({s.get('method')}) key {old!r} is gone", f"state {RENAMED_STEP_KEYS[old]}")
     options = {k: v for k, v in raw.items() if k in RECIPE_OPTIONS}
+    tol = options.get("tolerance", {})
+    bad = next((k for k, v in tol.items() if k not in TOLERANCE_KEYS or isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    if bad:
+        raise _refuse(where, f"tolerance key {bad!r} is unknown or not a number", f"use only: {', '.join(TOLERANCE_KEYS)} (numbers)")
     if "quantization" in options:
         options["quantization"] = parse_stated(options["quantization"], where, runtimes=True)
     return Recipe(name=str(raw.get("name", name)), description=str(raw.get("description", "")),

@@ -103,3 +103,16 @@ def test_android_report_renders_in_chromium(exports, tmp_path):
         assert img["complete"] and img["naturalWidth"] > 300 and img["width"] > 300, img
         assert blank_fraction(page["screenshot"], img) < 0.97, img
     (tmp_path / "minilm-android-report.png").write_bytes(page["screenshot"])
+
+
+def test_eval_sts_matches_plain_pytorch_and_scipy(exports, tmp_path):
+    """`edgecomp eval --task sts` on the android export: fp32 and every artifact (.onnx, .ort, .tflite) equal a
+    plain transformers + scipy computation on the first 300 STS dev pairs (tests/test_evaluate.py)."""
+    from edgecomp.models import model_dir, resolve_model
+    from test_evaluate import check_sts_figures
+
+    m = check_sts_figures(exports["android"], model_dir(resolve_model("all-minilm-l6-v2")), tmp_path, 300)
+    ev = m["task_eval"]["sts"]
+    assert ev["reference"]["value"] > 75  # a real sentence encoder, not noise
+    for a in m["artifacts"]:
+        assert a["metrics"]["task"]["sts"]["drop"] < 2.0, a["path"]
