@@ -32,7 +32,7 @@ from .quiet import native_stderr_silenced
 from .models import LoadedModel, load_model, model_dir, resolve_model, weights_bytes
 from .registry import Registry
 from .targets import ArtifactSpec, TargetSpec, load_target
-from .tasks import TASKS
+from .tasks import TASKS, graph_head
 from .texts import default_texts
 
 # Python modules each runtime / converter needs, and how to get them.
@@ -92,7 +92,8 @@ class BuildContext:
 
             raw = self.work / "raw.onnx"
             self.log("lower: PyTorch -> ONNX")
-            self.onnx_io = export_model_onnx(self.loaded.model, self.task, raw, self.target.opset)
+            self.onnx_io = export_model_onnx(self.loaded.model, self.task, raw, self.target.opset,
+                                             head=graph_head(self.task, self.loaded.spec))
             self.log("simplify: onnxslim")
             simplified = self.work / "fp32.onnx"
             self.onnx_io["simplify"] = simplify_onnx(raw, simplified, keep_factorized=self.keep_factorized)
@@ -172,10 +173,11 @@ def produce_tflite(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
 
     ctx.fp32_onnx()  # the input names come from the ONNX export, so both formats take the same inputs
     names = ctx.onnx_io["inputs"]
-    outputs = ctx.task.output_names
+    head = graph_head(ctx.task, ctx.loaded.spec)
+    outputs = [*ctx.task.output_names, *(head.outputs if head else ())]
     buckets = bucket_lengths(spec.seq_buckets or (ctx.target.bench.seq_len,), ctx.max_length)
     ctx.log(f"convert: litert-torch -> {spec.filename} (buckets {list(buckets)}, {spec.quantization or 'fp32'})")
-    module = PositionalModel(ctx.loaded.model, names, outputs).eval()
+    module = PositionalModel(ctx.loaded.model, names, outputs, head).eval()
     dst = ctx.out / spec.filename
     with native_stderr_silenced():
         info = export_tflite(module, names, outputs, dst, buckets, spec.scheme)
@@ -360,6 +362,8 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT
             if (loaded.directory / name).exists():
                 shutil.copy(loaded.directory / name, build / name)
+        package = getattr(task, "write_package_files", None)  # e.g. sentence-transformers' module configs
+        loads_with = package(loaded, build, job.state.get("max_length", loaded.max_length), records) if package else {}
         for rec in records:  # hash last: the files are final now
             p = build / rec["path"]
             rec["size_bytes"] = p.stat().st_size
@@ -382,6 +386,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             "host": _host(),
             "build_seconds": round(time.time() - t_start, 1),
         }
+        manifest.update(loads_with)
         if compression:
             manifest["compression"] = compression
         if job.skipped:
