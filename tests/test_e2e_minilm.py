@@ -79,3 +79,22 @@ def test_run_on_unseen_text_matches_pytorch(exports, torch_reference, unseen_tex
     got = np.array([json.loads(ln)["embedding"] for ln in dst.read_text().splitlines()])
     cos = (got * torch_reference).sum(-1)
     assert cos.mean() >= 0.99 and cos.min() >= 0.95, (cos.mean(), cos.min())
+
+
+@pytest.mark.parametrize("artifact", ["model-fp32.onnx", "model.onnx"])
+def test_sentence_transformers_onnx_backend(exports, torch_reference, unseen_texts, artifact):
+    """The export folder is a sentence-transformers model: normalized embeddings, PyTorch's for fp32, the
+    artifact's own fidelity for int8."""
+    st = pytest.importorskip("sentence_transformers")
+    out = exports["cpu-x86"]
+    record = next(a for a in json.loads((out / "manifest.json").read_text())["artifacts"] if a["path"] == artifact)
+    kwargs = {} if artifact == "model.onnx" else {"model_kwargs": {"file_name": artifact}}
+    got = st.SentenceTransformer(str(out), backend="onnx", device="cpu", **kwargs).encode(
+        unseen_texts, normalize_embeddings=False)
+    assert np.allclose(np.linalg.norm(got, axis=-1), 1, atol=1e-5)
+    cos = (got * torch_reference).sum(-1)
+    if record["precision"] == "fp32":
+        assert cos.min() >= 0.9999
+    else:
+        fid = record["metrics"]["fidelity"]
+        assert cos.mean() >= fid["cos_mean"] - 0.005 and cos.min() >= fid["cos_min"] - 0.02
