@@ -181,11 +181,16 @@ def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_l
                                 f"use --max-length {limit} or less")
         limit = max_length
     summary.max_length = limit
+    runner = open_artifact(export_dir / record["path"], threads=threads)
+    if getattr(runner, "takes_text", False):
+        if limit != artifact_max_length(export_dir, record):
+            raise EdgecompError(f"{record['path']} tokenizes inside its graph, at {artifact_max_length(export_dir, record)} "
+                                "tokens: --max-length cannot change that", "drop --max-length, or run the token-input artifact")
+        return _run_string_input(runner, task, spec, texts, batch_size if batch_invariant(record) else 1, limit, summary)
     encode = TextEncoder(export_dir, limit)
     encs = encode.encode(texts)
     cut = [bool(e.overflowing) for e in encs]
     summary.truncated = sum(cut)
-    runner = open_artifact(export_dir / record["path"], threads=threads)
     if not batch_invariant(record):
         batch_size = 1
     results: list[dict | None] = [None] * len(texts)
@@ -194,6 +199,22 @@ def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_l
         feeds = {k: v for k, v in feeds.items() if k in runner.input_names}
         for i, rec in zip(group, task.records(runner.run(feeds), feeds, spec)):
             results[i] = {**rec, "truncated": cut[i]}
+    return results
+
+
+def _run_string_input(runner, task, spec, texts, batch_size, limit, summary) -> list[dict]:
+    """A string-input artifact (``export --with-tokenizer``): texts go in as they are, no tokenizer library is
+    imported. Batches group texts of similar character length. The graph reports the ids it fed its model;
+    a text whose ids fill ``limit`` is reported ``truncated`` (it may have been exactly that long)."""
+    results: list[dict | None] = [None] * len(texts)
+    for group in length_groups([len(t) for t in texts], batch_size):
+        out = runner.run({"text": np.array([texts[i] for i in group], dtype=object)})
+        feeds = {k: out[k] for k in ("input_ids", "attention_mask") if k in out}
+        lengths = feeds["attention_mask"].sum(-1)
+        for i, n, rec in zip(group, lengths, task.records(out, feeds, spec)):
+            cut = bool(n >= limit)
+            summary.truncated += cut
+            results[i] = {**rec, "truncated": cut}
     return results
 
 

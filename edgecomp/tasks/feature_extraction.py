@@ -61,7 +61,8 @@ class FeatureExtraction:
         for name, data in (("modules.json", modules), ("1_Pooling/config.json", pooling),
                            ("sentence_bert_config.json", bert_cfg), ("config_sentence_transformers.json", st_cfg)):
             (folder / name).write_text(json.dumps(data, indent=2) + "\n")
-        onnx_files = [a["path"] for a in artifacts if a["format"] == "onnx" and "stage" not in a]
+        onnx_files = [a["path"] for a in artifacts if a["format"] == "onnx" and "stage" not in a
+                      and a.get("input") != "text"]  # string-input twins load in ONNX Runtime only
         if not onnx_files:
             return {}
         # sentence-transformers and Optimum both take `model.onnx` at the folder's root first; any other
