@@ -43,7 +43,8 @@ RUNTIME_REQUIREMENTS = {
     "litert": (["ai_edge_litert", "litert_torch"], 'pip install -e ".[android]"'),
 }
 TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
+                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model",
+                   "generation_config.json")
 
 
 def check_runtimes(target: TargetSpec, artifacts=None) -> None:

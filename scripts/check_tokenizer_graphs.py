@@ -1,0 +1,104 @@
+"""String-input artifacts (`edgecomp export --with-tokenizer`) vs the Hugging Face tokenizer on the shared
+SST-2 and STS text: token-id mismatches per tokenizer, and the outputs against the token-input twin.
+
+    python scripts/check_tokenizer_graphs.py [--models all-minilm-l6-v2 DIR ...] [--twin-texts 2000]
+
+Each model is exported (ONNX Runtime artifacts only: int8 .onnx and .ort, as the android target builds them)
+with --with-tokenizer; the string-input .ort then tokenizes every sentence of the shared sets. Writes
+results/tokenizer/token_ids.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edgecomp.bench.tokenizer_parity import shared_sentences, token_id_parity
+from edgecomp.paths import PROJECT_DIR, shared_data_dir
+
+TARGET = """name = "ort-text-check"
+opset = 18
+[tolerance]
+cos_mean = 0.5
+cos_min = 0.3
+[bench]
+batch = 1
+seq_len = 32
+threads = [1]
+warmup = 1
+runs = 1
+[[artifacts]]
+name = "model"
+format = "onnx"
+runtime = "onnxruntime"
+quantization = {weights = {bits = 8}, activations = "dynamic-per-tensor"}
+[[artifacts]]
+name = "model"
+format = "ort"
+runtime = "onnxruntime"
+quantization = {weights = {bits = 8}, activations = "dynamic-per-tensor"}
+from = "onnx"
+primary = true
+"""
+
+
+def check(model: str, work: Path, sets: dict[str, list[str]], twin_texts: int) -> dict:
+    out = work / Path(model).name
+    target = work / "target.toml"
+    target.write_text(TARGET)
+    subprocess.run([sys.executable, "-m", "edgecomp", "export", model, "--target", str(target), "-o", str(out),
+                    "--no-bench", "--with-tokenizer", "--force"], check=True, stdout=subprocess.DEVNULL)
+    manifest = json.loads((out / "manifest.json").read_text())
+    rec = next(a for a in manifest["artifacts"] if a["path"] == "model-text.ort")
+    row = {"model": manifest["model"]["name"], "tokenizer": rec["tokenizer"]["kind"], "op": rec["tokenizer"]["op"],
+           "max_length": rec["max_length"], "onnxruntime_extensions": rec["tokenizer"]["onnxruntime_extensions"],
+           "sets": {}}
+    for name, texts in sets.items():
+        row["sets"][name] = token_id_parity(out / "model-text.ort", out, texts, rec["max_length"],
+                                            twin=out / "model.ort", twin_texts=twin_texts)
+        print(model, name, row["sets"][name]["token_id_mismatches"], "/", len(texts), flush=True)
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# String-input artifacts: token ids vs the Hugging Face tokenizer", "",
+             "`scripts/check_tokenizer_graphs.py`: every sentence of the shared SST-2 and STS-B sets through the "
+             "string-input `model-text.ort` (int8), its token ids compared with `AutoTokenizer` (same truncation); "
+             "the first texts of each set also against the token-input `model.ort` fed the Hugging Face ids.", "",
+             "| model | tokenizer (op) | set | texts | token-id mismatches | max abs diff vs token-input | "
+             "sentence_embedding cos min vs token-input |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for name, s in r["sets"].items():
+            v = s.get("vs_token_input", {})
+            lines.append(f"| {r['model']} | {r['tokenizer']} (`{r['op']}`) | {name} | {s['texts']} | "
+                         f"{s['token_id_mismatches']} | {v.get('max_abs_diff', '—')} ({v.get('texts', 0)} texts) | "
+                         f"{v.get('sentence_embedding_cos_min', '—')} |")
+    examples = [(r["model"], name, e) for r in rows for name, s in r["sets"].items() for e in s["mismatch_examples"]]
+    if examples:
+        lines += ["", "## Mismatches (first of each set)", ""]
+        lines += [f"- {m} {n}: `{e['text'][:80]}`: artifact {e['artifact']} vs HF {e['hugging_face']}" for m, n, e in examples]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["all-minilm-l6-v2"])
+    ap.add_argument("--twin-texts", type=int, default=2000)
+    ap.add_argument("--out", default=str(PROJECT_DIR / "results" / "tokenizer"))
+    args = ap.parse_args()
+    sets = shared_sentences(shared_data_dir())
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [check(m, Path(tmp), sets, args.twin_texts) for m in args.models]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "token_ids.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "token_ids.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
