@@ -1,7 +1,11 @@
 """String-input artifacts (`edgecomp export --with-tokenizer`) vs the Hugging Face tokenizer on the shared
 SST-2 and STS text: token-id mismatches per tokenizer, and the outputs against the token-input twin.
 
-    python scripts/check_tokenizer_graphs.py [--models all-minilm-l6-v2 DIR ...] [--twin-texts 2000]
+    python scripts/check_tokenizer_graphs.py [--models all-minilm-l6-v2 DIR ...] [--tiny] [--twin-texts 2000]
+
+--tiny adds tests/tiny.py's random-init BERT (WordPiece), RoBERTa (byte-level BPE) and XLM-R (SentencePiece
+unigram) models, each with its kind of tokenizer trained on the built-in sentences. Rows of models already in
+results/tokenizer/token_ids.json are replaced, others kept.
 
 Each model is exported (ONNX Runtime artifacts only: int8 .onnx and .ort, as the android target builds them)
 with --with-tokenizer; the string-input .ort then tokenizes every sentence of the shared sets. Writes
@@ -47,7 +51,7 @@ primary = true
 
 
 def check(model: str, work: Path, sets: dict[str, list[str]], twin_texts: int) -> dict:
-    out = work / Path(model).name
+    out = work / f"export-{Path(model).name}"
     target = work / "target.toml"
     target.write_text(TARGET)
     subprocess.run([sys.executable, "-m", "edgecomp", "export", model, "--target", str(target), "-o", str(out),
@@ -87,14 +91,26 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["all-minilm-l6-v2"])
+    ap.add_argument("--tiny", action="store_true", help="also the tiny BERT / RoBERTa / XLM-R of tests/tiny.py")
     ap.add_argument("--twin-texts", type=int, default=2000)
     ap.add_argument("--out", default=str(PROJECT_DIR / "results" / "tokenizer"))
     args = ap.parse_args()
     sets = shared_sentences(shared_data_dir())
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [check(m, Path(tmp), sets, args.twin_texts) for m in args.models]
+        models = list(args.models)
+        if args.tiny:
+            sys.path.insert(0, str(PROJECT_DIR / "tests"))
+            import tiny
+
+            for family, writer in (("bert", tiny.write_tiny_tokenizer), ("roberta", tiny.write_tiny_bpe_tokenizer),
+                                   ("xlm-roberta", tiny.write_tiny_unigram_tokenizer)):
+                models.append(str(tiny.save_tiny_encoder_with_tokenizer(family, Path(tmp) / f"tiny-{family}", writer)))
+        rows = [check(m, Path(tmp), sets, args.twin_texts) for m in models]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "token_ids.json").exists():  # keep the rows of models not checked this time
+        done = {r["model"] for r in rows}
+        rows = [r for r in json.loads((out / "token_ids.json").read_text()) if r["model"] not in done] + rows
     (out / "token_ids.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "token_ids.md").write_text(markdown(rows))
     print(markdown(rows))

@@ -138,9 +138,9 @@ def test_run_without_tokenizer_libraries(text_export, tiny_bert_dir, tmp_path):
                            env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "ImportError" in probe.stderr  # the blocker does block
     fp32 = run("model-fp32-text.onnx", blocked=True)
-    assert np.abs(fp32 - run("model-fp32.onnx", blocked=False)).max() < 1e-6
+    assert np.abs(fp32 - run("model-fp32.onnx", blocked=False)).max() < 1e-5  # batches differ: float rounding
     assert (fp32 * torch_sentence_embeddings(tiny_bert_dir, texts, "mean")).sum(-1).min() >= 0.9999
-    assert np.abs(run("model-text.ort", blocked=True) - run("model.ort", blocked=False)).max() < 1e-6
+    assert np.abs(run("model-text.ort", blocked=True) - run("model.ort", blocked=False)).max() < 1e-5
 
 
 def test_run_refuses_max_length_on_a_string_input_artifact(text_export, tmp_path):

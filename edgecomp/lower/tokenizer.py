@@ -61,8 +61,8 @@ def register_instructions(version: str) -> dict:
         "python": "so = onnxruntime.SessionOptions(); so.register_custom_ops_library(onnxruntime_extensions.get_library_path())",
         "java_android": ("implementation 'com.microsoft.onnxruntime:onnxruntime-extensions-android:"
                          f"{version}'; sessionOptions.registerCustomOpLibrary(OrtxPackage.getLibraryPath())"),
-        "c": ('OrtSessionOptionsAppendExecutionProvider... / RegisterCustomOpsLibrary_V2(session_options, '
-              '"libortextensions.so") (or link onnxruntime-extensions statically and call RegisterCustomOps)'),
+        "c": ('OrtApi::RegisterCustomOpsLibrary_V2(session_options, "libortextensions.so") before CreateSession '
+              "(the library of the same onnxruntime-extensions release, built for the device)"),
     }
 
 
