@@ -8,17 +8,46 @@ from pathlib import Path
 import numpy as np
 
 
+class _TokenizerNodes:
+    """The tokenizer nodes of a string-input .onnx (``text`` -> ``input_ids``, ``attention_mask``) as their own
+    session: ONNX Runtime runs a whole graph whatever outputs are fetched, and the full shared text through the
+    model costs minutes the ids do not need. The nodes are the artifact's own (onnx.utils.Extractor)."""
+
+    def __init__(self, path: Path, threads: int):
+        import onnx
+        import onnxruntime as ort
+        from onnx.utils import Extractor
+
+        from ..lower.tokenizer import library_path
+
+        sub = Extractor(onnx.load(str(path))).extract_model(["text"], ["input_ids", "attention_mask"])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.register_custom_ops_library(library_path())
+        self.session = ort.InferenceSession(sub.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def token_ids(self, feeds: dict) -> dict:
+        return dict(zip(["input_ids", "attention_mask"], self.session.run(["input_ids", "attention_mask"], feeds)))
+
+
+def tokenizer_subgraph(path: Path, threads: int = 1) -> _TokenizerNodes:
+    return _TokenizerNodes(path, threads)
+
+
 def token_id_parity(artifact: Path, tokenizer_dir: Path, texts: list[str], max_length: int, batch_size: int = 64,
                     twin: Path | None = None, twin_texts: int = 0, threads: int = 1, examples: int = 10) -> dict:
     """Run the string-input ``artifact`` on ``texts`` and compare, per text, the ids it fed its model with the
     Hugging Face tokenizer of ``tokenizer_dir`` (truncating at ``max_length``). With ``twin`` (its token-input
-    artifact), the first ``twin_texts`` texts also compare every output the twin has (fed the HF ids)."""
+    artifact), the first ``twin_texts`` texts run the whole artifact and compare every output the twin has
+    (fed the HF ids); the others run only its tokenizer nodes (from the .onnx twin beside an .ort, same nodes)."""
     from transformers import AutoTokenizer
 
     from ..runtime import open_artifact
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     runner = open_artifact(artifact, threads=threads)
+    source = Path(artifact).with_suffix(".onnx")
+    ids_only = tokenizer_subgraph(source, threads) if source.is_file() else None
     other = open_artifact(twin, threads=threads) if twin else None
     mismatched: list[dict] = []
     n_mismatch, diff, cos_min = 0, 0.0, 1.0
@@ -27,7 +56,7 @@ def token_id_parity(artifact: Path, tokenizer_dir: Path, texts: list[str], max_l
         feed = {"text": np.array(chunk, dtype=object)}
         compare_outputs = other is not None and start < twin_texts
         # only the ids when the outputs are not compared: ORT then runs the tokenizer nodes alone
-        got = runner.run(feed) if compare_outputs else runner.token_ids(feed)
+        got = ids_only.token_ids(feed) if ids_only and not compare_outputs else runner.run(feed)
         want = tok(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="np")
         for i, text in enumerate(chunk):
             have = got["input_ids"][i][got["attention_mask"][i].astype(bool)].tolist()

@@ -179,25 +179,28 @@ def _loop_over_texts(tokenize: list, max_length: int, pad_id: int) -> list:
     body = helper.make_graph(
         [_const("zero", [0]), _const("max_len", [max_length]), _const("pad_id", pad_id), _const("zero_s", 0),
          helper.make_node("Unsqueeze", ["i", "zero"], ["i1"]),
-         helper.make_node("Gather", ["texts_outer", "i1"], ["text_i"], axis=0),
+         helper.make_node("Gather", ["texts_in", "i1"], ["text_i"], axis=0),
          *tokenize,
          helper.make_node("Shape", ["ids_i"], ["len_i"]),
          helper.make_node("Sub", ["max_len", "len_i"], ["room"]),
          helper.make_node("Concat", ["zero", "room"], ["pads"], axis=0),
          helper.make_node("Pad", ["ids_i", "pads", "pad_id"], ["ids_pad"]),
          helper.make_node("Pad", ["types_i", "pads", "zero_s"], ["types_pad"]),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["texts_in"], ["texts_out"])],
         "tokenize_one",
-        [_tensor("i", T.INT64, []), _tensor("cond_in", T.BOOL, [])],
-        [_tensor("cond_out", T.BOOL, []), _tensor("ids_pad", T.INT64, [max_length]),
+        # the texts are a loop-carried value, not an outer-scope name: tools that cut graphs (onnx.utils.
+        # Extractor) see the dependency
+        [_tensor("i", T.INT64, []), _tensor("cond_in", T.BOOL, []), _tensor("texts_in", T.STRING, ["batch_size"])],
+        [_tensor("cond_out", T.BOOL, []), _tensor("texts_out", T.STRING, ["batch_size"]),
+         _tensor("ids_pad", T.INT64, [max_length]),
          _tensor("types_pad", T.INT64, [max_length]), _tensor("len_i", T.INT64, [1])],
     )
     return [
-        helper.make_node("Identity", [TEXT_INPUT], ["texts_outer"]),
         helper.make_node("Shape", [TEXT_INPUT], ["n"]),
         helper.make_node("Squeeze", ["n"], ["n_s"]),
         helper.make_node("Constant", [], ["true"], value=numpy_helper.from_array(np.array(True), "true")),
-        helper.make_node("Loop", ["n_s", "true"], ["ids_all", "types_all", "lens"], body=body),
+        helper.make_node("Loop", ["n_s", "true", TEXT_INPUT], ["texts_seen", "ids_all", "types_all", "lens"], body=body),
         _const("one_o", [1]), _const("zero_o", [0]),
         helper.make_node("ReduceMax", ["lens"], ["longest"], keepdims=0),  # the batch's longest row
         helper.make_node("Unsqueeze", ["longest", "zero_o"], ["longest_1"]),

@@ -67,12 +67,6 @@ class OrtRunner:
         outs = self.session.run(None, f)
         return dict(zip(self.output_names, outs))
 
-    def token_ids(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A string-input artifact's ``input_ids`` and ``attention_mask`` alone (ORT runs only the nodes those
-        need: the tokenizer, not the model)."""
-        names = [n for n in ("input_ids", "attention_mask") if n in self.output_names]
-        return dict(zip(names, self.session.run(names, {"text": np.asarray(feeds["text"], dtype=object)})))
-
 
 RUNNERS.register("onnx")(OrtRunner)
 RUNNERS.register("ort")(OrtRunner)
