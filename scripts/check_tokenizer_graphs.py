@@ -90,7 +90,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["all-minilm-l6-v2"])
+    ap.add_argument("--models", nargs="*", default=["all-minilm-l6-v2"])
     ap.add_argument("--tiny", action="store_true", help="also the tiny BERT / RoBERTa / XLM-R of tests/tiny.py")
     ap.add_argument("--twin-texts", type=int, default=2000)
     ap.add_argument("--out", default=str(PROJECT_DIR / "results" / "tokenizer"))
