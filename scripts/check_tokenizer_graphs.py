@@ -68,6 +68,19 @@ def check(model: str, work: Path, sets: dict[str, list[str]], twin_texts: int) -
     return row
 
 
+# What the mismatches listed below come from (read off every example, 2026-12-02; onnxruntime-extensions 0.15.2)
+WHY = {
+    "WordPiece": "`BertTokenizer` strips fewer accents than Hugging Face's NFD + combining-mark removal (mojibake "
+                 "`äė` keeps its `ė`, Greek `ύ` its tonos), and a word holding a character outside the vocabulary "
+                 "becomes its matched prefix + `[UNK]` where Hugging Face makes the whole word one `[UNK]` (`næss` "
+                 "with the tiny vocabulary, which has no `æ`).",
+    "BPE": "none.",
+    "Unigram": "equal-score segmentations broken the other way: `000` is `0`+`00` or `00`+`0`, the same two pieces "
+               "(the tiny SentencePiece model has no `000` piece); SentencePiece (the op) and tokenizers' Viterbi "
+               "pick different ones.",
+}
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["# String-input artifacts: token ids vs the Hugging Face tokenizer", "",
              "`scripts/check_tokenizer_graphs.py`: every sentence of the shared SST-2 and STS-B sets through the "
@@ -81,6 +94,8 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | {r['tokenizer']} (`{r['op']}`) | {name} | {s['texts']} | "
                          f"{s['token_id_mismatches']} | {v.get('max_abs_diff', '—')} ({v.get('texts', 0)} texts) | "
                          f"{v.get('sentence_embedding_cos_min', '—')} |")
+    kinds = sorted({r["tokenizer"] for r in rows})
+    lines += ["", "## Why they differ", ""] + [f"- {k}: {WHY.get(k, 'not analysed')}" for k in kinds]
     examples = [(r["model"], name, e) for r in rows for name, s in r["sets"].items() for e in s["mismatch_examples"]]
     if examples:
         lines += ["", "## Mismatches (first of each set)", ""]
