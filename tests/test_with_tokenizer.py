@@ -143,6 +143,18 @@ def test_run_without_tokenizer_libraries(text_export, tiny_bert_dir, tmp_path):
     assert np.abs(run("model-text.ort", blocked=True) - run("model.ort", blocked=False)).max() < 1e-5
 
 
+def test_bench_remeasures_the_twins(text_export):
+    """`edgecomp bench OUT` re-verifies the string-input twins (ids, fidelity, parity) and benches the others."""
+    res = runner.invoke(app, ["bench", str(text_export)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((text_export / "manifest.json").read_text())
+    for a in m["artifacts"]:
+        if a.get("input") == "text":
+            assert a["metrics"]["fidelity"]["token_mismatches"] == 0 and a["metrics"]["latency_ms"] is None
+        else:
+            assert a["metrics"]["latency_ms"]["p50"] > 0
+
+
 def test_run_refuses_max_length_on_a_string_input_artifact(text_export, tmp_path):
     (tmp_path / "in.txt").write_text("a text\n")
     res = runner.invoke(app, ["run", str(text_export / "model-text.onnx"), "--input", str(tmp_path / "in.txt"),
