@@ -49,7 +49,11 @@ def bench_export(export_dir: Path, target: str | None = None, texts_file: Path |
     for rec, path in zip(manifest["artifacts"], paths):
         if rec.get("role") == "early-exit-stage":  # takes hidden states, not text: measured by the exit runtime
             continue
-        if own_measure:
+        if rec.get("input") == "text":  # a string-input twin: fidelity, token ids and parity with its twin
+            from .pipeline import measure_text_artifact
+
+            rec["metrics"] = measure_text_artifact(path, rec, ref, export_dir / rec["token_input_twin"], log)
+        elif own_measure:
             # no --texts: the task's own default verification set (the one its export used)
             rec["metrics"] = own_measure(path, rec, loaded, texts if texts_file else None, export_target, True, log)
         else:
@@ -62,7 +66,7 @@ def bench_export(export_dir: Path, target: str | None = None, texts_file: Path |
 
         checks = [c for c in extra.checks if c not in export_target.checks]  # the export's own ran above
         for rec, path in zip(manifest["artifacts"], paths):
-            if not checks or rec.get("role") == "early-exit-stage":
+            if not checks or rec.get("role") == "early-exit-stage" or rec.get("input") == "text":
                 continue
             feeds = benchmark_feeds(loaded.tokenizer, texts, 1, min(extra.bench.seq_len, rec.get("max_length") or extra.bench.seq_len),
                                     rec["inputs"])

@@ -62,6 +62,8 @@ def export(
     heads: Optional[str] = typer.Option(None, "--heads", help="early exit: plain | ztw (default from the model file)"),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="longest input in tokens, for every artifact "
                                              "(default: the model's limit, capped by the target's largest TFLite bucket)"),
+    with_tokenizer: bool = typer.Option(False, "--with-tokenizer", help="also ONNX Runtime artifacts that take strings "
+                                        "(the tokenizer as onnxruntime-extensions ops in the graph): model-text.onnx/.ort"),
 ):
     """Export MODEL for a target: every artifact the device needs, verified, measured, with manifest and report."""
     from .pipeline import ExportOptions, export as run_export
@@ -71,7 +73,7 @@ def export(
         opts = ExportOptions(recipe=recipe, texts=read_texts(texts) if texts else None, bench=not no_bench,
                              custom_ops=custom_ops, early_exit=early_exit, max_accuracy_drop=max_accuracy_drop,
                              exit_data=str(exit_data) if exit_data else None, exit_heads=heads,
-                             max_length=max_length)
+                             max_length=max_length, with_tokenizer=with_tokenizer)
         dest = output or Path("out") / f"{Path(model).name}-{target}"
         manifest = run_export(model, target, dest, opts, force=force, log=_progress())
     except EdgecompError as e:

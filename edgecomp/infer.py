@@ -194,15 +194,32 @@ def encoder_batches(export_dir: Path, record: dict, texts: list[str], threads: i
     """An encoder artifact over texts the way `edgecomp run` feeds it: (indices, outputs, feeds, truncated
     per index) per length-grouped batch; one text per batch when the artifact is not batch-invariant."""
     limit = max_length or artifact_max_length(export_dir, record)
-    encode = TextEncoder(export_dir, limit)
-    encs = encode.encode(texts)
     runner = open_artifact(export_dir / record["path"], threads=threads)
     if not batch_invariant(record):
         batch_size = 1
+    if getattr(runner, "takes_text", False):
+        yield from _string_input_batches(export_dir, record, runner, texts, batch_size, limit)
+        return
+    encode = TextEncoder(export_dir, limit)
+    encs = encode.encode(texts)
     for group in length_groups([len(e.ids) for e in encs], batch_size):
         feeds = encode.feeds([encs[i] for i in group])
         feeds = {k: v for k, v in feeds.items() if k in runner.input_names}
         yield group, runner.run(feeds), feeds, [bool(encs[i].overflowing) for i in group]
+
+
+def _string_input_batches(export_dir, record, runner, texts, batch_size, limit):
+    """A string-input artifact (``export --with-tokenizer``): texts go in as they are, no tokenizer library is
+    imported. Batches group texts of similar character length. The graph reports the ids it fed its model;
+    a text whose ids fill ``limit`` is reported ``truncated`` (it may have been exactly that long)."""
+    built = artifact_max_length(export_dir, record)
+    if limit != built:
+        raise EdgecompError(f"{record['path']} tokenizes inside its graph, at {built} tokens: --max-length cannot "
+                            "change that", "drop --max-length, or run the token-input artifact")
+    for group in length_groups([len(t) for t in texts], batch_size):
+        out = runner.run({"text": np.array([texts[i] for i in group], dtype=object)})
+        feeds = {k: out[k] for k in ("input_ids", "attention_mask") if k in out}
+        yield group, out, feeds, [bool(n >= limit) for n in feeds["attention_mask"].sum(-1)]
 
 
 def _run_early_exit(export_dir, texts, threads, summary) -> list[dict]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from . import __version__
 from .bench.fidelity import ReferenceSet, check_tolerance, measure_fidelity
 from .bench.checks import run_checks
@@ -33,7 +35,7 @@ from .quiet import native_stderr_silenced
 from .models import LoadedModel, load_model, model_dir, resolve_model, weights_bytes
 from .registry import Registry
 from .targets import ArtifactSpec, TargetSpec, load_target
-from .tasks import TASKS
+from .tasks import TASKS, graph_head
 from .texts import default_texts
 
 # Python modules each runtime / converter needs, and how to get them.
@@ -42,7 +44,8 @@ RUNTIME_REQUIREMENTS = {
     "litert": (["ai_edge_litert", "litert_torch"], 'pip install -e ".[android]"'),
 }
 TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
+                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model",
+                   "generation_config.json")
 
 
 def check_runtimes(target: TargetSpec, artifacts=None) -> None:
@@ -67,6 +70,7 @@ class ExportOptions:
     exit_heads: str | None = None  # plain | ztw (default: the model file's)
     max_length: int | None = None  # truncation limit of every artifact (default: export_max_length)
     checks: bool = True  # the target's CHECKS (arm64 under qemu, ...); `edgecomp fit` measures candidates without
+    with_tokenizer: bool = False  # also string-input twins of the ONNX Runtime artifacts (edgecomp/lower/tokenizer.py)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class BuildContext:
     max_length: int = 512  # the export's truncation limit (export_max_length)
     keep_factorized: bool = False
     produced: dict = field(default_factory=dict)  # (format, precision) -> path
+    tokenizer: dict | None = None  # the string-input twins' manifest block, once built
     onnx_io: dict = field(default_factory=dict)
 
     def fp32_onnx(self) -> Path:
@@ -94,7 +99,8 @@ class BuildContext:
 
             raw = self.work / "raw.onnx"
             self.log("lower: PyTorch -> ONNX")
-            self.onnx_io = export_model_onnx(self.loaded.model, self.task, raw, self.target.opset)
+            self.onnx_io = export_model_onnx(self.loaded.model, self.task, raw, self.target.opset,
+                                             head=graph_head(self.task, self.loaded.spec))
             self.log("simplify: onnxslim")
             simplified = self.work / "fp32.onnx"
             self.onnx_io["simplify"] = simplify_onnx(raw, simplified, keep_factorized=self.keep_factorized)
@@ -174,10 +180,11 @@ def produce_tflite(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
 
     ctx.fp32_onnx()  # the input names come from the ONNX export, so both formats take the same inputs
     names = ctx.onnx_io["inputs"]
-    outputs = ctx.task.output_names
+    head = graph_head(ctx.task, ctx.loaded.spec)
+    outputs = [*ctx.task.output_names, *(head.outputs if head else ())]
     buckets = bucket_lengths(spec.seq_buckets or (ctx.target.bench.seq_len,), ctx.max_length)
     ctx.log(f"convert: litert-torch -> {spec.filename} (buckets {list(buckets)}, {spec.quantization or 'fp32'})")
-    module = PositionalModel(ctx.loaded.model, names, outputs).eval()
+    module = PositionalModel(ctx.loaded.model, names, outputs, head).eval()
     dst = ctx.out / spec.filename
     with native_stderr_silenced():
         info = export_tflite(module, names, outputs, dst, buckets, spec.scheme)
@@ -240,6 +247,88 @@ def produce_and_verify(ctx: BuildContext, art: ArtifactSpec, ref: ReferenceSet, 
                                       checks=ctx.options.checks)
     require_tolerance(rec, ctx.target, recipe)
     return rec
+
+
+TEXT_SUFFIX = "-text"  # model.onnx -> model-text.onnx: the string-input twin
+
+
+def produce_text_twin(ctx: BuildContext, art: ArtifactSpec, token_rec: dict, ref: ReferenceSet, recipe) -> dict:
+    """The string-input twin of an ONNX Runtime artifact: the model's tokenizer as onnxruntime-extensions ops
+    ahead of the same graph (edgecomp.lower.tokenizer); the .ort twin is converted with the op library
+    loaded, so its required-operators config lists the tokenizer op too. Verified on the reference texts:
+    its token ids against the Hugging Face tokenizer's (``token_mismatches``), its outputs against PyTorch
+    (fidelity) and against the token-input artifact's (``vs_token_input``)."""
+    from .lower.tokenizer import library_path, prepend_tokenizer
+    from .optimize.ort_format import to_ort_format
+
+    name = f"{art.name}{TEXT_SUFFIX}"
+    text_onnx = ctx.produced.get(("onnx-text", art.precision))
+    info: dict = {}
+    if art.format == "onnx" or text_onnx is None:
+        token_onnx = ctx.produced.get(("onnx", art.precision))
+        if token_onnx is None:  # an .ort-only target: the token-input .onnx in scratch
+            token_onnx, _ = produce_onnx(ctx, ArtifactSpec(**{**vars(art), "format": "onnx", "name": "text-src"}))
+            token_onnx = Path(shutil.move(token_onnx, ctx.work / token_onnx.name))
+        dst = (ctx.out if art.format == "onnx" else ctx.work) / f"{name}.onnx"
+        ctx.log(f"tokenizer: {ctx.loaded.spec.name}'s tokenizer ahead of {token_onnx.name} -> {dst.name}")
+        ctx.tokenizer = prepend_tokenizer(token_onnx, dst, ctx.loaded.directory, ctx.max_length, ctx.target.opset)
+        ctx.produced[("onnx-text", art.precision)] = text_onnx = dst
+    info["tokenizer"] = ctx.tokenizer
+    path = text_onnx
+    if art.format == "ort":
+        ctx.log(f"convert: ORT format (with the tokenizer op library) -> {name}.ort")
+        staged = ctx.work / f"{name}.onnx"
+        if staged != text_onnx:
+            shutil.copy(text_onnx, staged)
+        path, cfg = to_ort_format(staged, ctx.out, custom_op_library=library_path())
+        info["required_operators_config"] = cfg.name
+    rec = {"path": path.name, "format": art.format, "runtime": art.runtime, "precision": art.precision,
+           "quantization": art.quantization, "primary": False, "input": "text", "token_input_twin": token_rec["path"],
+           "max_length": ctx.max_length, "batch_invariant": token_rec["batch_invariant"], "scheme": token_rec["scheme"],
+           "session_options": default_options(path), **info}
+    rec["metrics"] = measure_text_artifact(path, rec, ref, ctx.out / token_rec["path"], ctx.log)
+    require_tolerance(rec, ctx.target, recipe)
+    return rec
+
+
+def measure_text_artifact(path: Path, record: dict, ref: ReferenceSet, token_path: Path, log) -> dict:
+    """Fidelity of a string-input artifact (with its token-id mismatch count) and its largest output difference
+    from its token-input twin on the same texts. Latency and memory are not measured: the benchmarks and the
+    native probe feed token ids (and the probe registers no custom-op library)."""
+    from .bench.fidelity import align_to
+    from .runtime import open_artifact
+
+    runner = open_artifact(path, threads=2)
+    record["inputs"], record["outputs"] = runner.input_names, runner.output_names
+    log(f"verify: {path.name} (string input) vs PyTorch fp32 and the Hugging Face tokenizer on {len(ref.texts)} texts")
+    fidelity = measure_fidelity(runner, ref)
+    twin = open_artifact(token_path, threads=2)
+    diff = 0.0
+    for (feeds, _), texts in zip(ref.batches, ref.batch_texts):
+        got = align_to(runner.run({"text": np.array(texts, dtype=object)}), feeds)
+        want = twin.run({k: v for k, v in feeds.items() if k in twin.input_names})
+        for k in want:
+            diff = max(diff, float(np.abs(np.asarray(got[k], np.float64) - want[k]).max()))
+    return {"fidelity": fidelity, "vs_token_input": {"max_abs_diff": diff}, "peak_rss_mb": None, "latency_ms": None,
+            "not_measured": "latency and memory: the benchmarks feed token ids"}
+
+
+def tokenizer_block(job, records: list[dict]) -> dict:
+    """The manifest's ``with_tokenizer`` block: which artifacts take strings, how an app registers the op
+    library they need, and the artifacts that still take token ids (LiteRT has no tokenizer among its builtin
+    ops, nor SentencePiece among its select ops), with the tokenizer files the folder ships for them."""
+    from .lower.tokenizer import extensions_version, register_instructions
+
+    version = extensions_version()
+    files = [n for n in TOKENIZER_FILES if (job.loaded.directory / n).exists() and n != "generation_config.json"]
+    return {
+        "string_input": [r["path"] for r in records if r.get("input") == "text"],
+        "onnxruntime_extensions": version,
+        "register_custom_ops": register_instructions(version),
+        "token_input_only": [{"path": r["path"], "tokenizer_files": files,
+                              "reason": "LiteRT's builtin ops have no tokenizer: the app tokenizes with these files"}
+                             for r in records if r["runtime"] != "onnxruntime"],
+    }
 
 
 def recipe_scheme(art: ArtifactSpec, recipe) -> ArtifactSpec:
@@ -335,6 +424,9 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
     recipe = spec.recipe(options.recipe)
     task = TASKS.get(spec.task)
     plan = plan_for(task, options)
+    if options.with_tokenizer and plan.name != "encoder":
+        raise EdgecompError(f"--with-tokenizer builds string-input encoder artifacts, and this is a {plan.name} export",
+                            "drop --with-tokenizer")
     artifacts, skipped = recipe_artifacts(target, recipe)
     check_runtimes(target, artifacts)  # after the recipe chose the formats: a skipped one needs no runtime
     texts = options.texts or default_texts()
@@ -366,13 +458,15 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT
             if (loaded.directory / name).exists():
                 shutil.copy(loaded.directory / name, build / name)
+        package = getattr(task, "write_package_files", None)  # e.g. sentence-transformers' module configs
+        loads_with = package(loaded, build, job.state.get("max_length", loaded.max_length), records) if package else {}
         for rec in records:  # hash last: the files are final now
             p = build / rec["path"]
             rec["size_bytes"] = p.stat().st_size
             rec["sha256"] = sha256(p)
         breakdown = {"pytorch-fp32": ref_breakdown}
         for rec in records:  # every artifact (.onnx, .ort, .tflite) of the export, its primary included
-            if "stage" not in rec:
+            if "stage" not in rec and rec.get("input") != "text":
                 split = artifact_size_breakdown(build / rec["path"], loaded.model)
                 if split:
                     breakdown[rec["path"]] = split
@@ -390,6 +484,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             "host": _host(),
             "build_seconds": round(time.time() - t_start, 1),
         }
+        manifest.update(loads_with)
         if compression:
             manifest["compression"] = compression
         if job.skipped:

@@ -69,17 +69,28 @@ class EncoderPlan:
 
         job.artifacts = [recipe_scheme(a, job.recipe) for a in job.artifacts]  # every refusal before any work
         job.state["max_length"] = export_max_length(job.target, job.loaded, job.options.max_length)
+        if job.options.with_tokenizer:  # refused before any work: no extensions, or a tokenizer it cannot build
+            from .lower.tokenizer import check_tokenizer
+
+            check_tokenizer(job.loaded.directory)
         job.log(f"reference: PyTorch fp32 outputs on {len(job.texts)} texts")
         job.state["reference"] = ReferenceSet(job.loaded, job.task, job.texts,
                                               max_length=min(job.state["max_length"], VERIFY_MAX_LENGTH))
 
     def build(self, job: Job) -> list[dict]:
-        from .pipeline import BuildContext, produce_and_verify
+        from .pipeline import BuildContext, produce_and_verify, produce_text_twin, tokenizer_block
 
         ctx = BuildContext(job.loaded, job.task, job.target, job.options, job.build, job.work, job.log,
                            max_length=job.state["max_length"],
                            keep_factorized=bool(job.recipe.options.get("keep_factorized", False)))
-        return [produce_and_verify(ctx, art, job.state["reference"], job.recipe) for art in job.artifacts]
+        ref, records = job.state["reference"], []
+        for art in job.artifacts:
+            records.append(produce_and_verify(ctx, art, ref, job.recipe))
+            if job.options.with_tokenizer and art.runtime == "onnxruntime":
+                records.append(produce_text_twin(ctx, art, records[-1], ref, job.recipe))
+        if job.options.with_tokenizer:
+            job.blocks["with_tokenizer"] = tokenizer_block(job, records)
+        return records
 
 
 @PLANS.register("causal-lm")

@@ -29,7 +29,9 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("minilm")
     out = {}
     for t in TARGETS:
-        res = runner.invoke(app, ["export", "all-minilm-l6-v2", "--target", t, "-o", str(root / t)])
+        # android: also the string-input twins of its ONNX Runtime artifacts (the Android app's case)
+        extra = ["--with-tokenizer"] if t == "android" else []
+        res = runner.invoke(app, ["export", "all-minilm-l6-v2", "--target", t, "-o", str(root / t), *extra])
         assert res.exit_code == 0, res.output
         out[t] = root / t
     return out
@@ -60,10 +62,12 @@ def test_manifest(exports, target):
         f = a["metrics"]["fidelity"]
         assert f["n_texts"] >= 200
         assert f["cos_mean"] >= 0.99, (a["path"], f)
+        if a.get("input") == "text":  # string-input twins: not benchmarked (test_string_input_twins)
+            continue
         assert a["metrics"]["peak_rss_mb"] > 0 and a["metrics"]["latency_ms"]["p50"] > 0
         if a["precision"] == "int8":
             assert a["size_bytes"] <= 24e6, (a["path"], a["size_bytes"])
-    formats = sorted(a["format"] for a in m["artifacts"])
+    formats = sorted(a["format"] for a in m["artifacts"] if a.get("input") != "text")
     assert formats == {"cpu-x86": ["onnx", "onnx"], "arm64": ["onnx"], "android": ["onnx", "ort", "tflite"]}[target]
     if target == "android":
         assert (exports[target] / "model.required_operators.config").exists()
@@ -116,3 +120,40 @@ def test_eval_sts_matches_plain_pytorch_and_scipy(exports, tmp_path):
     assert ev["reference"]["value"] > 75  # a real sentence encoder, not noise
     for a in m["artifacts"]:
         assert a["metrics"]["task"]["sts"]["drop"] < 2.0, a["path"]
+
+
+@pytest.mark.parametrize("artifact", ["model-fp32.onnx", "model.onnx"])
+def test_sentence_transformers_onnx_backend(exports, torch_reference, unseen_texts, artifact):
+    """The export folder is a sentence-transformers model: normalized embeddings, PyTorch's for fp32, the
+    artifact's own fidelity for int8."""
+    st = pytest.importorskip("sentence_transformers")
+    out = exports["cpu-x86"]
+    record = next(a for a in json.loads((out / "manifest.json").read_text())["artifacts"] if a["path"] == artifact)
+    kwargs = {} if artifact == "model.onnx" else {"model_kwargs": {"file_name": artifact}}
+    got = st.SentenceTransformer(str(out), backend="onnx", device="cpu", **kwargs).encode(
+        unseen_texts, normalize_embeddings=False)
+    assert np.allclose(np.linalg.norm(got, axis=-1), 1, atol=1e-5)
+    cos = (got * torch_reference).sum(-1)
+    if record["precision"] == "fp32":
+        assert cos.min() >= 0.9999
+    else:
+        fid = record["metrics"]["fidelity"]
+        assert cos.mean() >= fid["cos_mean"] - 0.005 and cos.min() >= fid["cos_min"] - 0.02
+
+
+def test_string_input_twins(exports, torch_reference, unseen_texts, tmp_path):
+    """model-text.onnx / .ort tokenize inside the graph (WordPiece, BertTokenizer op): the Hugging Face ids on
+    the 240 verification texts, the token-input artifact's outputs, and `run` gives PyTorch's embeddings."""
+    out = exports["android"]
+    m = json.loads((out / "manifest.json").read_text())
+    twins = [a for a in m["artifacts"] if a.get("input") == "text"]
+    assert [a["path"] for a in twins] == ["model-text.onnx", "model-text.ort"]
+    for a in twins:
+        assert a["metrics"]["fidelity"]["token_mismatches"] == 0
+        assert a["metrics"]["vs_token_input"]["max_abs_diff"] < 1e-5
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(unseen_texts) + "\n")
+    res = runner.invoke(app, ["run", str(out / "model-text.ort"), "--input", str(src), "--output", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 0, res.output
+    got = np.array([json.loads(ln)["embedding"] for ln in (tmp_path / "o.jsonl").read_text().splitlines()])
+    assert (got * torch_reference).sum(-1).mean() >= 0.99

@@ -134,6 +134,8 @@ def test_export_run_bench_report(family, classifier, target, recipe, workdir, ta
     for a in m["artifacts"]:  # every artifact was verified against the uncompressed PyTorch model
         f = a["metrics"]["fidelity"]
         assert f and f["n_texts"] > 0
+        # the post-processing is in every format's graph; `run` below reads it, so it is compared with PyTorch
+        assert ("probabilities" if classifier else "sentence_embedding") in a["outputs"], a["path"]
         if recipe in ("int4", "small") and a["precision"] != "fp32":
             assert a["precision"] == "int4"
 

@@ -53,7 +53,7 @@ def test_manifest_contract(tiny_export):
         assert a["sha256"] == sha256(p)
         assert a["format"] == "onnx" and a["runtime"] == "onnxruntime"
         assert a["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
-        assert a["outputs"][0] == "last_hidden_state"
+        assert a["outputs"] == ["last_hidden_state", "sentence_embedding"]  # pooling + L2 norm in the graph
         met = a["metrics"]
         assert met["peak_rss_mb"] > 10
         assert met["latency_ms"]["p50"] > 0 and set(met["latency_ms"]["threads"]) == {"1", "2"}
@@ -62,6 +62,7 @@ def test_manifest_contract(tiny_export):
     int8 = next(a for a in m["artifacts"] if a["precision"] == "int8")
     assert fp32["metrics"]["fidelity"]["cos_min"] > 0.9999
     assert fp32["metrics"]["fidelity"]["max_abs_diff"] < 1e-3
+    assert fp32["metrics"]["fidelity"]["sentence_embedding_max_abs_diff"] < 1e-5
     assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
     sb = m["size_breakdown"]["model-fp32.onnx"]
     assert sb["token_embeddings"] > 0 and sb["attention"] > 0 and sb["feed_forward"] > 0
@@ -289,7 +290,7 @@ def test_classifier_export_and_run_names_labels(tmp_path, fast_target):
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["task"] == "text-classification" and m["model"]["id2label"] == {"0": "negative", "1": "positive"}
     fp32 = next(a for a in m["artifacts"] if a["precision"] == "fp32")
-    assert fp32["outputs"] == ["logits"]
+    assert fp32["outputs"] == ["logits", "probabilities"]  # softmax in the graph
     (tmp_path / "in.txt").write_text("the film was a delight\na dull and tired script\n")
     res = runner.invoke(app, ["run", str(out / "model-fp32.onnx"), "--input", str(tmp_path / "in.txt"),
                               "--output", str(tmp_path / "o.jsonl")])

@@ -27,6 +27,54 @@ def write_tiny_tokenizer(d: Path, input_names: list[str] | None = None) -> None:
     BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True, **extra).save_pretrained(d)
 
 
+def _sentences() -> list[str]:
+    return (ROOT / "edgecomp" / "data" / "sentences.txt").read_text().splitlines()
+
+
+def write_tiny_bpe_tokenizer(d: Path, input_names: list[str] | None = None) -> None:
+    """A byte-level BPE tokenizer (RoBERTa's kind: <s> ... </s>) trained on the built-in sentences."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    d.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_sentences(), vocab_size=1000, min_frequency=1,
+                            special_tokens=["<pad>", "<unk>", "<s>", "</s>", "<mask>"], show_progress=False)
+    bpe.save_model(str(d))
+    extra = {"model_input_names": input_names} if input_names else {}
+    RobertaTokenizerFast(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt"), pad_token="<pad>",
+                         unk_token="<unk>", bos_token="<s>", eos_token="</s>", mask_token="<mask>",
+                         model_max_length=128, **extra).save_pretrained(d)
+
+
+def write_tiny_unigram_tokenizer(d: Path, input_names: list[str] | None = None) -> None:
+    """A SentencePiece unigram tokenizer laid out as XLM-R's (fairseq ids: <s> <pad> </s> <unk> first), the
+    SentencePiece model trained on the built-in sentences."""
+    import io
+
+    import sentencepiece
+    from transformers import XLMRobertaTokenizerFast
+
+    d.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(_sentences()), model_writer=model, vocab_size=600,
+                                             model_type="unigram", character_coverage=1.0, minloglevel=2)
+    (d / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    extra = {"model_input_names": input_names} if input_names else {}
+    XLMRobertaTokenizerFast(vocab_file=str(d / "sentencepiece.bpe.model"), model_max_length=128, **extra).save_pretrained(d)
+
+
+def save_tiny_encoder_with_tokenizer(family: str, d: Path, write_tokenizer) -> Path:
+    """A saved tiny `family` model with the tokenizer ``write_tokenizer(d, input_names)`` writes (its own kind of
+    tokenizer), emitting the inputs the model's forward takes (as save_tiny_encoder's does)."""
+    import inspect
+
+    model = tiny_encoder(family)
+    write_tokenizer(d, [n for n in IO_NAMES if n in inspect.signature(model.forward).parameters])
+    model.save_pretrained(d)
+    return d
+
+
 def tiny_bert_config(**kw):
     from transformers import BertConfig
 

@@ -13,11 +13,13 @@ from pathlib import Path
 from ..errors import EdgecompError
 
 
-def to_ort_format(src: Path, out_dir: Path) -> tuple[Path, Path]:
+def to_ort_format(src: Path, out_dir: Path, custom_op_library: str | None = None) -> tuple[Path, Path]:
     """Write ``<stem>.ort`` and ``<stem>.required_operators.config`` next to each other in ``out_dir``.
 
     The config lists exactly the operators (and opsets) the model uses; pass it to ORT's
     ``build.sh --include_ops_by_config`` to build a runtime that contains only those kernels.
+    ``custom_op_library``: the library of the graph's custom ops (onnxruntime-extensions' tokenizer ops),
+    which the conversion must load; the config then lists those ops under their domain too.
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
@@ -30,7 +32,8 @@ def to_ort_format(src: Path, out_dir: Path) -> tuple[Path, Path]:
         # kernels a reduced build may not carry).
         with contextlib.redirect_stdout(io.StringIO()):
             convert_onnx_models_to_ort(Path(tmp), output_dir=Path(tmp) / "out",
-                                       optimization_styles=[OptimizationStyle.Fixed])
+                                       optimization_styles=[OptimizationStyle.Fixed],
+                                       custom_op_library_path=Path(custom_op_library) if custom_op_library else None)
         produced = list((Path(tmp) / "out").glob("*.ort"))
         configs = list((Path(tmp) / "out").glob("*.config"))
         if not produced or not configs:

@@ -10,7 +10,19 @@ from ..errors import EdgecompError
 from . import RUNNERS
 from .options import apply_ort_options, session_options
 
-_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+              "tensor(string)": object}
+# onnxruntime-extensions' op domain (string-input artifacts: `export --with-tokenizer`, edgecomp/lower/tokenizer.py)
+CUSTOM_OP_DOMAIN = b"ai.onnx.contrib"
+
+
+def uses_extensions_ops(path: Path) -> bool:
+    """Whether the graph (.onnx protobuf or .ort flatbuffer: both store the domain as a plain string) uses
+    onnxruntime-extensions' ops, whose library must be registered before the session is made."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        return m.find(CUSTOM_OP_DOMAIN) >= 0
 
 
 def ort_session(path: Path, threads: int | None = None):
@@ -20,6 +32,10 @@ def ort_session(path: Path, threads: int | None = None):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     apply_ort_options(so, session_options(path))  # what the artifact is meant to run with (runtime/options.py)
+    if uses_extensions_ops(path):
+        from ..lower.tokenizer import library_path
+
+        so.register_custom_ops_library(library_path())
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -41,6 +57,7 @@ class OrtRunner:
         self.input_names = [i.name for i in self.inputs]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.int64) for i in self.inputs}
+        self.takes_text = any(i.type == "tensor(string)" for i in self.inputs)  # tokenizes inside the graph
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         f = {k: np.asarray(feeds[k], dtype=self._dtypes[k]) for k in self.input_names if k in feeds}

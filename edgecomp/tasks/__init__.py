@@ -20,6 +20,10 @@ class Task(Protocol):
     def manifest_fields(self, loaded) -> dict:
         """Task-specific fields of the manifest's ``model`` block."""
 
+    def head(self, spec):
+        """The post-processing an encoder artifact carries as graph ops after ``output_names``
+        (edgecomp.lower.wrap.GraphHead), or None."""
+
     def auto_class(self): ...
 
     def torch_forward(self, model, feeds: dict[str, "np.ndarray"]) -> dict[str, np.ndarray]:
@@ -33,6 +37,12 @@ class Task(Protocol):
 
 
 TASKS: Registry[Task] = Registry("task")
+
+def graph_head(task, spec):
+    """The task's post-processing head for ``spec`` (None for tasks without one)."""
+    head = getattr(task, "head", None)
+    return head(spec) if head else None
+
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -33,6 +33,12 @@ class TextClassification:
         """`edgecomp run` names labels from this, not LABEL_i."""
         return {"id2label": {str(k): v for k, v in loaded.model.config.id2label.items()}}
 
+    def head(self, spec):
+        """Softmax in the graph: artifacts also output ``probabilities``."""
+        from ..lower.wrap import GraphHead, Probabilities
+
+        return GraphHead(Probabilities(), ("logits",), ("probabilities",))
+
     def auto_class(self):
         from transformers import AutoModelForSequenceClassification
 
@@ -46,7 +52,7 @@ class TextClassification:
         return {"logits": out.logits.float().numpy()}
 
     def records(self, outputs, feeds, spec):
-        probs = softmax(outputs["logits"].astype(np.float64))
+        probs = outputs["probabilities"] if "probabilities" in outputs else softmax(outputs["logits"].astype(np.float64))
         names = label_names(spec, probs.shape[-1])
         return [{"label": names[int(p.argmax())], "probs": [round(float(x), 6) for x in p]} for p in probs]
 
@@ -54,7 +60,8 @@ class TextClassification:
         """Per text: does the artifact pick the same label, how far are its logits, and the cosine of the
         probability vectors (``cos``, the key the shared fidelity summary reads)."""
         r, g = ref["logits"].astype(np.float64), got["logits"].astype(np.float64)
-        pr, pg = softmax(r), softmax(g)
+        pr = softmax(r)
+        pg = got["probabilities"].astype(np.float64) if "probabilities" in got else softmax(g)
         cos = (pr * pg).sum(-1) / np.maximum(np.linalg.norm(pr, axis=-1) * np.linalg.norm(pg, axis=-1), 1e-12)
         return {
             "agree": (r.argmax(-1) == g.argmax(-1)).astype(float).tolist(),
