@@ -82,6 +82,15 @@ class BuildContext:
     keep_factorized: bool = False
     produced: dict = field(default_factory=dict)  # (format, precision) -> path
     onnx_io: dict = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)  # the export's calibration text (GPTQ's Hessians)
+
+    def calibration_feeds(self) -> list[dict]:
+        """The calibration text as feeds of the fp32 ONNX graph, 8 texts a batch."""
+        from .texts import batches, tokenize
+
+        names = self.onnx_io.get("inputs")
+        return [tokenize(self.loaded.tokenizer, b, min(self.max_length, VERIFY_MAX_LENGTH), names)
+                for b in batches(self.texts, 8)]
 
     def fp32_onnx(self) -> Path:
         """The simplified fp32 ONNX graph of the (compressed) model, exported once per build."""
@@ -137,7 +146,8 @@ def produce_onnx(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
         from .optimize.quantize import quantize_onnx
 
         ctx.log(f"quantize: {spec.quantization} -> {spec.filename}")
-        info["quantization"] = quantize_onnx(src, dst, spec.scheme)
+        info["quantization"] = quantize_onnx(src, dst, spec.scheme, calibration=ctx.calibration_feeds,
+                                             model=ctx.loaded.model)
     if ctx.options.custom_ops:
         # After quantization: the quantizers match standard ops only, so functions must wrap their output.
         import onnx

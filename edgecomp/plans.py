@@ -78,7 +78,7 @@ class EncoderPlan:
 
         ctx = BuildContext(job.loaded, job.task, job.target, job.options, job.build, job.work, job.log,
                            max_length=job.state["max_length"],
-                           keep_factorized=bool(job.recipe.options.get("keep_factorized", False)))
+                           keep_factorized=bool(job.recipe.options.get("keep_factorized", False)), texts=job.texts)
         return [produce_and_verify(ctx, art, job.state["reference"], job.recipe) for art in job.artifacts]
 
 
