@@ -318,11 +318,19 @@ def recipe_artifacts(target: TargetSpec, recipe) -> tuple[list[ArtifactSpec], li
 
 
 def require_tolerance(rec: dict, target: TargetSpec, recipe) -> None:
-    """An artifact below the target's tolerance fails the export (nothing is skipped silently)."""
-    miss = check_tolerance(rec.get("metrics", {}).get("fidelity", {}), target.tolerance)
+    """An artifact below the target's tolerance (or its recipe's, which says why: ``tolerance_reason``) fails the
+    export (nothing is skipped silently); a recipe's own floor is recorded in the artifact's record."""
+    import dataclasses
+
+    tolerance, whose = target.tolerance, f"the {target.name} target's"
+    own = recipe.options.get("tolerance") if recipe is not None else None
+    if own and rec.get("precision") != "fp32":
+        tolerance, whose = dataclasses.replace(target.tolerance, **own), f"recipe {recipe.name!r}'s"
+        rec["tolerance"] = {**own, "reason": recipe.options["tolerance_reason"]}
+    miss = check_tolerance(rec.get("metrics", {}).get("fidelity", {}), tolerance)
     if miss:
         raise EdgecompError(
-            f"{rec['path']} ({rec['precision']}, recipe {recipe.name!r}) misses the {target.name} target's tolerance: {miss}",
+            f"{rec['path']} ({rec['precision']}, recipe {recipe.name!r}) misses {whose} tolerance: {miss}",
             "use a milder recipe or precision, or relax [tolerance] in the target file",
         )
 

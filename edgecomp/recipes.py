@@ -42,6 +42,10 @@ RECIPE_OPTIONS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "formats": (list, "the only artifact formats this recipe ships (the others are recorded as skipped)"),
     "formats_reason": (str, "why the other formats are skipped (recorded in the manifest)"),
     "keep_factorized": (bool, "keep factorized layers factorized in the ONNX graph"),
+    # edgecomp.pipeline.require_tolerance: a recipe whose quality floor is a task metric, measured by a study,
+    # states the cosine its artifacts must still reach (over the target's [tolerance]) and why
+    "tolerance": (dict, "the cosine floor of this recipe's artifacts, over the target's [tolerance] (cos_mean, cos_min)"),
+    "tolerance_reason": (str, "why the recipe's floor differs from the target's (recorded in the manifest)"),
     # edgecomp.llm.export
     "prefill_buckets": (list, "causal LMs: prefill lengths of the .tflite signatures"),
 }
@@ -137,6 +141,15 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
         if old:
             raise _refuse(where, f"step {i + 1} ({s.get('method')}) key {old!r} is gone", f"state {RENAMED_STEP_KEYS[old]}")
     options = {k: v for k, v in raw.items() if k in RECIPE_OPTIONS}
+    if "tolerance" in options:
+        tol = options["tolerance"]
+        bad = sorted(set(tol) - {"cos_mean", "cos_min"})
+        if bad:
+            raise _refuse(where, f"unknown tolerance key {bad[0]!r}", "use only: cos_mean, cos_min")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in tol.values()):
+            raise _refuse(where, f"tolerance = {tol!r} holds a value that is not a cosine in [0, 1]", "write e.g. {cos_mean = 0.97}")
+        if "tolerance_reason" not in options:
+            raise _refuse(where, "tolerance is stated without tolerance_reason", "say why the floor differs (it is recorded)")
     if "quantization" in options:
         options["quantization"] = parse_stated(options["quantization"], where, runtimes=True)
     return Recipe(name=str(raw.get("name", name)), description=str(raw.get("description", "")),

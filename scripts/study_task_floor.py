@@ -30,9 +30,13 @@ def main():
     ap.add_argument("--only", help="comma-separated combinations: " + ", ".join(tf.COMBOS))
     ap.add_argument("--quick", action="store_true", help="the QUICK combinations, fewer probe texts")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sts-pairs", type=int, help="a fixed random subset of the STS dev pairs (default: all 1500)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "compression")
     ap.add_argument("--tag", default="task_floor")
     ap.add_argument("--fresh", action="store_true", help="drop the rows measured before")
+    ap.add_argument("--artifact", type=Path, nargs="*", default=[],
+                    help="also measure exported artifacts (e.g. out/model.onnx out/model.ort of `--recipe tiny`)")
+    ap.add_argument("--artifact-note", default="", help="the note of the --artifact rows (how they were made)")
     ap.add_argument("--render", type=Path, help="only re-render the Markdown and plot of a JSON result")
     args = ap.parse_args()
     out = args.out / f"{args.tag}.json"
@@ -43,7 +47,8 @@ def main():
         write_text_atomic(args.render.with_suffix(".md"), tf.markdown(res))
         tf.plot(res, args.render.with_suffix(".png"))
         return
-    names = args.only.split(",") if args.only else (tf.QUICK if args.quick else list(tf.COMBOS))
+    names = args.only.split(",") if args.only is not None else (tf.QUICK if args.quick else list(tf.COMBOS))
+    names = [n for n in names if n]
     unknown = [n for n in names if n not in tf.COMBOS]
     if unknown:
         ap.error(f"unknown combination(s) {unknown}; known: {', '.join(tf.COMBOS)}")
@@ -53,7 +58,7 @@ def main():
     old = json.loads(out.read_text()) if out.exists() and not args.fresh else {"configs": {}, "errors": {}}
     configs, errors = dict(old["configs"]), dict(old.get("errors", {}))
     work = Path(tempfile.mkdtemp(prefix="edgecomp-taskfloor-"))
-    proto = tf.setup(work, args.quick)
+    proto = tf.setup(work, args.quick, args.sts_pairs)
     print(json.dumps({"reference": {k: proto.reference[k] for k in ("sts_spearman", "sst2_probe")}}), flush=True)
     command = " ".join(["python", "scripts/study_task_floor.py", *sys.argv[1:]])
     for name in names:
@@ -64,6 +69,12 @@ def main():
             errors[name] = f"{type(e).__name__}: {e}"
         print(json.dumps({name: {k: configs.get(name, {}).get(k) for k in ("size_bytes", "sts_drop", "sst2_drop", "cos_mean", "seconds")}
                           if name in configs and name not in errors else errors[name]}), flush=True)
+        res = tf.result(proto, configs, errors, command, args.quick)
+        write_text_atomic(out, tf.dumps(res))
+    for path in args.artifact:
+        name = f"export:{path.parent.name}/{path.name}"
+        configs[name] = tf.measure_artifact(path, proto, args.threads, args.artifact_note)
+        print(json.dumps({name: {k: configs[name][k] for k in ("size_bytes", "sts_drop", "sst2_drop", "cos_mean")}}), flush=True)
         res = tf.result(proto, configs, errors, command, args.quick)
         write_text_atomic(out, tf.dumps(res))
     write_text_atomic(out.with_suffix(".md"), tf.markdown(res))

@@ -45,7 +45,8 @@ def feeds(tokenizer, texts):
 @pytest.fixture(scope="module")
 def freq_export(tiny_bert_dir, fast_target, few_texts, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("freq")
-    recipe = recipe_file(tmp / "freq.toml", f"steps = [{FREQ}]\n[quantization]\nweights = {{bits = 4, block = 32}}\n")
+    recipe = recipe_file(tmp / "freq.toml", f"steps = [{FREQ}]\ntolerance = {{cos_mean = 0.98}}\n"
+                         'tolerance_reason = "the task is the floor"\n[quantization]\nweights = {bits = 4, block = 32}\n')
     out = tmp / "o"
     return out, export(tiny_bert_dir, fast_target, out, recipe, few_texts)
 
@@ -96,6 +97,21 @@ def test_manifest_records_the_allocation(freq_export):
     assert cov["corpus"] == "calibration text" and 0 < cov["frequent_rows_cover_corpus"] <= 1
     arts = {a["path"]: a for a in manifest["artifacts"]}
     assert arts["model.onnx"]["scheme"]["table"]["bits"] == 4
+    # the recipe's own cosine floor is recorded with its reason on the quantized artifacts only
+    assert arts["model.onnx"]["tolerance"] == {"cos_mean": 0.98, "reason": "the task is the floor"}
+    assert "tolerance" not in arts["model-fp32.onnx"]
+
+
+@pytest.mark.parametrize("body, needle", [
+    ('tolerance = {cos_mean = 0.97}\n', "without tolerance_reason"),
+    ('tolerance = {cos = 0.97}\ntolerance_reason = "x"\n', "unknown tolerance key 'cos'"),
+    ('tolerance = {cos_mean = 2}\ntolerance_reason = "x"\n', "not a cosine"),
+])
+def test_recipe_tolerance_is_strict(tmp_path, body, needle):
+    from edgecomp.recipes import read_recipe_file
+
+    with pytest.raises(EdgecompError, match=needle):
+        read_recipe_file(recipe_file(tmp_path / "r.toml", "steps = []\n" + body))
 
 
 def test_int2_rows_decode_as_packed():

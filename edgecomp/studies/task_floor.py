@@ -71,6 +71,7 @@ COMBOS: dict[str, Combo] = {
     "svd-table-l96": Combo([{"method": "svd-embedding", "latent_dim": 96}], int4(32), "table", "uniform low rank"),
     # --- the 8 MB candidates
     "trim8192+rtn-b128": Combo([ranked(8192, "nearest", method="vocab-trim")], int4(128), "8MB"),
+    "trim8192+rtn-b64": Combo([ranked(8192, "nearest", method="vocab-trim")], int4(64), "8MB"),
     "trim8192+gptq-b128": Combo([ranked(8192, "nearest", method="vocab-trim")], int4(128, algorithm="gptq"), "8MB"),
     "trim6144+gptq-b64": Combo([ranked(6144, "nearest", method="vocab-trim")], int4(64, algorithm="gptq"), "8MB"),
     "trim8192-builtin+gptq-b128": Combo([ranked(8192, "nearest", corpus=False, method="vocab-trim")],
@@ -128,7 +129,15 @@ class Protocol:
         return out
 
 
-def setup(work: Path, quick: bool):
+def subset(pairs, n: int | None, seed: int = 0):
+    """A fixed random ``n`` of the pairs (paired drops on the same pairs; the full set for the final check)."""
+    if not n or n >= len(pairs.scores):
+        return pairs
+    idx = np.sort(np.random.default_rng(seed).permutation(len(pairs.scores))[:n])
+    return type(pairs)([pairs.first[i] for i in idx], [pairs.second[i] for i in idx], pairs.scores[idx])
+
+
+def setup(work: Path, quick: bool, sts_pairs: int | None = None):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -139,7 +148,7 @@ def setup(work: Path, quick: bool):
     base = AutoModel.from_pretrained(mdir, local_files_only=True, torch_dtype=torch.float32).eval()
     texts = study_texts(quick)
     texts.calibration = texts.calibration[:512]
-    proto = Protocol(tok, base, texts, read_sts("dev"), ranking_corpus(work / "ranking-corpus.txt"))
+    proto = Protocol(tok, base, texts, subset(read_sts("dev"), sts_pairs), ranking_corpus(work / "ranking-corpus.txt"))
     proto.reference.update(proto.embeds(lambda t: embed_torch(base, tok, t)))
     return proto
 
@@ -171,6 +180,19 @@ def measure_combo(name: str, combo: Combo, proto: Protocol, work: Path, threads:
     for p in (fp32, art):
         p.unlink(missing_ok=True)
     return row
+
+
+def measure_artifact(path: Path, proto: Protocol, threads: int, note: str) -> dict:
+    """An exported artifact (e.g. `edgecomp export ... --recipe tiny`), measured as the combinations are."""
+    from ..runtime import open_artifact
+
+    runner = open_artifact(Path(path), threads=threads)
+    got = proto.embeds(lambda t: embed_artifact(runner, proto.tokenizer, t))
+    return {"group": "recipe", "note": note, "steps": [], "quantization": {}, "size_bytes": os.path.getsize(path),
+            "size_breakdown": {k: v for k, v in onnx_size_breakdown(Path(path)).items() if k in COMPONENTS}
+            if Path(path).suffix == ".onnx" else {k: 0 for k in COMPONENTS}, **got,
+            "sts_drop": round(proto.reference["sts_spearman"] - got["sts_spearman"], 2),
+            "sst2_drop": round(proto.reference["sst2_probe"] - got["sst2_probe"], 2)}
 
 
 def frontier(configs: dict) -> list[str]:
