@@ -250,6 +250,13 @@ def markdown(res: dict) -> str:
     for x in res["claims"]:
         lines.append(f"| {x['claim']} | {x['a']} | {x['b']} | {x['mb_a']:.2f} / {x['mb_b']:.2f} | "
                      f"{x['sts_drop_a']:+.2f} / {x['sts_drop_b']:+.2f} | {x['equal']} | {'yes' if x['held'] else 'no'} |")
+    full = res.get("full_sts_dev")
+    if full:
+        lines += ["", "## The same artifacts on all 1500 STS dev pairs", "", full["note"], "",
+                  f"fp32 reference: STS {full['reference']['sts_spearman']:.2f}, SST-2 probe {full['reference']['sst2_probe']:.2f}.", "",
+                  "| combination | MB | STS drop | SST-2 drop | cos mean |", "|---|---|---|---|---|"]
+        for n, r in full["configs"].items():
+            lines.append(f"| {n} | {r['size_bytes'] / 1e6:.2f} | {r['sts_drop']:+.2f} | {r['sst2_drop']:+.2f} | {r['cos_mean']:.4f} |")
     lines += ["", "## Notes", "", "- Combinations: " + "; ".join(f"`{n}`: {r['note']}" for n, r in c.items() if r["note"]),
               f"- Commands: {res['command']}"]
     return "\n".join(lines) + "\n"
