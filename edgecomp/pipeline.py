@@ -318,15 +318,17 @@ def recipe_artifacts(target: TargetSpec, recipe) -> tuple[list[ArtifactSpec], li
 
 
 def require_tolerance(rec: dict, target: TargetSpec, recipe) -> None:
-    """An artifact below the target's tolerance (or its recipe's, which says why: ``tolerance_reason``) fails the
+    """An artifact below the target's tolerance (or its recipe's looser one, which says why: ``tolerance_reason``) fails the
     export (nothing is skipped silently); a recipe's own floor is recorded in the artifact's record."""
     import dataclasses
 
     tolerance, whose = target.tolerance, f"the {target.name} target's"
     own = recipe.options.get("tolerance") if recipe is not None else None
     if own and rec.get("precision") != "fp32":
-        tolerance, whose = dataclasses.replace(target.tolerance, **own), f"recipe {recipe.name!r}'s"
-        rec["tolerance"] = {**own, "reason": recipe.options["tolerance_reason"]}
+        # a recipe only loosens the target's floor (a looser target stays looser)
+        tolerance = dataclasses.replace(target.tolerance, **{k: min(v, getattr(target.tolerance, k)) for k, v in own.items()})
+        whose = f"recipe {recipe.name!r}'s"
+        rec["tolerance"] = {**{k: getattr(tolerance, k) for k in own}, "reason": recipe.options["tolerance_reason"]}
     miss = check_tolerance(rec.get("metrics", {}).get("fidelity", {}), tolerance)
     if miss:
         raise EdgecompError(
