@@ -82,7 +82,7 @@ class EncoderPlan:
 
         ctx = BuildContext(job.loaded, job.task, job.target, job.options, job.build, job.work, job.log,
                            max_length=job.state["max_length"],
-                           keep_factorized=bool(job.recipe.options.get("keep_factorized", False)))
+                           keep_factorized=bool(job.recipe.options.get("keep_factorized", False)), texts=job.texts)
         ref, records = job.state["reference"], []
         for art in job.artifacts:
             records.append(produce_and_verify(ctx, art, ref, job.recipe))

@@ -15,7 +15,13 @@ Weights: ``bits`` 8 | 4 | 2; ``block`` a power of two >= 16 (blocks along the in
 scale per output channel, the default) or "tensor"; ``grid`` the 4-bit values: "ort" (ORT's quantizer: the
 block's extreme maps to -8), "litert" (LiteRT's blockwise recipe: absmax/7, bfloat16-rounded scales) or
 "q4_1" (llama.cpp's blocks, min + scale); unset: the format's own. ``symmetric`` (unset: the format's own);
-``planes = 2`` stores 8-bit codes as two 4-bit planes (fast 4-bit kernels, same bytes).
+``planes = 2`` stores 8-bit codes as two 4-bit planes (fast 4-bit kernels, same bytes). ``algorithm`` how the
+blocks are chosen: "rtn" (round to nearest, the default), "gptq" (GPTQ: the error of each column is
+compensated on the columns not yet quantized, from the Hessian of the calibration text's activations; 4 bits),
+"hqq" (half-quadratic: scale and zero point fit per block without data; 4 or 2 bits, asymmetric) or
+"k-quant" (llama.cpp's k-quant search of each block's scale and minimum; 4 bits, asymmetric): ONNX
+Runtime's own implementations (onnxruntime.quantization.matmul_nbits_quantizer), ONNX only. 3-bit weights
+have neither a quantizer nor a MatMulNBits kernel in ONNX Runtime (bits 2 | 4 | 8 only).
 
 Activations: "dynamic-per-tensor" (ORT's DynamicQuantizeLinear: ONE range per tensor, so a text's result
 depends on its batch), "dynamic-per-row" (LiteRT's dynamic range, MatMulNBits' int8 accuracy level: per
@@ -39,7 +45,9 @@ ACTIVATIONS = ("none", "dynamic-per-tensor", "dynamic-per-row")
 WHOLE = ("channel", "tensor")  # a block that is not a number of input elements
 RUNTIME_KEYS = ("onnxruntime", "litert")  # per-runtime overrides in a recipe's [quantization]
 SCHEME_KEYS = ("weights", "table", "activations", "ffn", "head_activations")
-WEIGHT_KEYS = ("bits", "block", "grid", "symmetric", "planes")
+WEIGHT_KEYS = ("bits", "block", "grid", "symmetric", "planes", "algorithm")
+ALGORITHMS = {"rtn": (8, 4, 2), "gptq": (4,), "hqq": (4, 2), "k-quant": (4,)}  # algorithm -> the bits it writes
+ASYMMETRIC_ALGORITHMS = ("hqq", "k-quant")  # a zero point per block by construction
 
 
 def _refuse(where: str, problem: str, fix: str) -> EdgecompError:
@@ -55,6 +63,7 @@ class WeightQuant:
     grid: str | None = None  # None: the format's own
     symmetric: bool | None = None  # None: the format's own (q4_1 is asymmetric by definition)
     planes: int = 1
+    algorithm: str | None = None  # None: round to nearest ("rtn")
 
     def __post_init__(self):
         if self.bits not in BITS:
@@ -77,6 +86,19 @@ class WeightQuant:
             raise EdgecompError('grid = "q4_1" is asymmetric (a minimum and a scale per block)', "drop symmetric")
         if self.grid == "litert" and self.symmetric is False:
             raise EdgecompError('grid = "litert" is symmetric (absmax/7)', "drop symmetric")
+        if self.algorithm is not None:
+            if self.algorithm not in ALGORITHMS:
+                raise EdgecompError(f"algorithm = {self.algorithm!r} is unknown", f"use one of: {', '.join(ALGORITHMS)}")
+            if self.bits not in ALGORITHMS[self.algorithm]:
+                raise EdgecompError(f"algorithm = {self.algorithm!r} writes {' or '.join(map(str, ALGORITHMS[self.algorithm]))}-bit "
+                                    f"weights, and bits = {self.bits}", "change bits, or drop algorithm")
+            if self.algorithm != "rtn" and not self.blocked:
+                raise EdgecompError(f"algorithm = {self.algorithm!r} quantizes blocks", "use e.g. block = 32")
+            if self.algorithm != "rtn" and self.grid not in (None, "ort"):
+                raise EdgecompError(f"algorithm = {self.algorithm!r} chooses its own values, and grid = {self.grid!r} fixes them",
+                                    "drop grid")
+            if self.algorithm in ASYMMETRIC_ALGORITHMS and self.symmetric:
+                raise EdgecompError(f"algorithm = {self.algorithm!r} is asymmetric (a zero point per block)", "drop symmetric")
         if self.planes not in (1, 2) or (self.planes == 2 and (self.bits != 8 or not self.blocked)):
             raise EdgecompError(f"planes = {self.planes}: only 8-bit blocks split into two 4-bit planes", "drop planes")
 
@@ -88,12 +110,17 @@ class WeightQuant:
         """The format's own grid / symmetry where the scheme leaves them open."""
         return dataclasses.replace(self, grid=self.grid or (grid if self.bits == 4 else None),
                                    symmetric=self.symmetric if self.symmetric is not None else
-                                   (False if self.grid == "q4_1" else symmetric))
+                                   (False if self.grid == "q4_1" or self.algorithm in ASYMMETRIC_ALGORITHMS else symmetric))
+
+    @property
+    def rtn(self) -> bool:
+        return self.algorithm in (None, "rtn")
 
     @property
     def name(self) -> str:
         size = f"b{self.block}" if self.blocked else self.block
-        extra = [x for x in (self.grid, {False: "asym", True: None, None: None}[self.symmetric],
+        extra = [x for x in (None if self.algorithm in (None, "rtn") else self.algorithm, self.grid,
+                             {False: "asym", True: None, None: None}[self.symmetric],
                              "2planes" if self.planes == 2 else None) if x]
         return "-".join([f"int{self.bits}", size, *extra])
 
@@ -166,7 +193,7 @@ def parse_weights(raw, where: str, key: str) -> WeightQuant | None:
     unknown = sorted(set(raw) - set(WEIGHT_KEYS))
     if unknown:
         raise _refuse(where, f"unknown key {unknown[0]!r} in {key}", f"use only: {', '.join(WEIGHT_KEYS)}")
-    types = {"bits": int, "block": (int, str), "grid": str, "symmetric": bool, "planes": int}
+    types = {"bits": int, "block": (int, str), "grid": str, "symmetric": bool, "planes": int, "algorithm": str}
     for k, v in raw.items():
         if not isinstance(v, types[k]) or (types[k] is int and isinstance(v, bool)):
             raise _refuse(where, f"{key}.{k} = {v!r} has the wrong type", f"see `{key}` in the docs of edgecomp.quant")
@@ -310,36 +337,57 @@ class OrtQuant(FormatQuant):
         return "dynamic-per-row" if weights and weights.blocked and options.get("accuracy_level") == 4 else "none"
 
     def check(self, scheme):
-        s = super().check(scheme)
+        if scheme.head_activations:
+            raise _cannot("ONNX", scheme, "head_activations is a causal-LM fact", "drop it for this model")
+        # 2-bit blocks go asymmetric unless stated (a symmetric 2-bit grid has no +2: {-2, -1, 0, 1})
+        two_bit = {k: dataclasses.replace(v, symmetric=False) for k in ("weights", "ffn")
+                   if (v := getattr(scheme, k)) is not None and v.bits == 2 and v.symmetric is None}
+        follows = scheme.table is not None and scheme.table == scheme.weights
+        s = super().check(dataclasses.replace(scheme, **two_bit))
         w, t = s.weights, s.table
-        if s.ffn or s.head_activations:
-            raise _cannot("ONNX", s, "ffn and head_activations are causal-LM facts", "drop them for this model")
         if w is None:
             raise _cannot("ONNX", s, "the encoder quantizers start from quantized weights", "state weights")
+        if w.blocked and (not w.rtn or w.bits != 4) and (follows or (t is not None and not t.rtn)):
+            # GatherBlockQuantized stores 4-bit round-to-nearest rows only: the tables take the weights' blocks
+            t = None if t is None else WeightQuant(4, w.block, grid="ort", symmetric=True)
+            s = dataclasses.replace(s, table=t)
         if w.bits == 8:
-            if w.blocked or not w.symmetric or w.planes != 1:
-                raise _cannot("ONNX", s, "int8 weights are per channel or tensor, symmetric", 'use weights = {bits = 8}')
+            if w.blocked or not w.symmetric or w.planes != 1 or not w.rtn:
+                raise _cannot("ONNX", s, "int8 weights are per channel or tensor, symmetric, rounded to nearest", 'use weights = {bits = 8}')
+            if s.ffn:
+                raise _cannot("ONNX", s, "ffn bits of their own need block weights (MatMulNBits)", "use weights = {bits = 4, block = 32}")
             if s.activations != "dynamic-per-tensor":
                 raise _cannot("ONNX", s, "ORT's int8 MatMuls quantize activations per tensor",
                               'use activations = "dynamic-per-tensor"')
             if t is not None and t != w and not (t.bits == 4 and t.blocked and t.grid == "ort" and t.symmetric):
                 raise _cannot("ONNX", s, "tables are as the int8 weights, or 4-bit symmetric blocks on ORT's grid",
                               "use table = {bits = 4, block = 32}, or leave table out")
-        elif w.bits == 4:
-            if not w.symmetric or w.grid not in ("ort", "litert"):
-                raise _cannot("ONNX", s, "4-bit weights are symmetric blocks on ORT's or LiteRT's grid",
-                              'use weights = {bits = 4, block = 32} (grid = "ort" or "litert")')
-            if s.activations == "dynamic-per-tensor":
-                raise _cannot("ONNX", s, "MatMulNBits quantizes activations per row (or not)",
-                              'use activations = "dynamic-per-row" or "none"')
-            if t is not None and t != w:
-                raise _cannot("ONNX", s, "the 4-bit tables share the weights' blocks and grid", "leave table out, or state it as the weights")
-        else:
-            raise _cannot("ONNX", s, f"the encoder quantizers have no {w.bits}-bit weights", "use bits = 8 or 4")
+            return s
+        for kind, q in (("weights", w), ("ffn", s.ffn)):
+            if q is None:
+                continue
+            if q.bits == 8:
+                raise _cannot("ONNX", s, f"{kind}: 8-bit block weights are not shipped for encoders", "use bits = 4 or 2")
+            if q.rtn and q.bits == 4 and (not q.symmetric or q.grid not in ("ort", "litert")):
+                raise _cannot("ONNX", s, f"{kind}: round-to-nearest 4-bit weights are symmetric blocks on ORT's or LiteRT's grid",
+                              'use {bits = 4, block = 32} (grid = "ort" or "litert"), or algorithm = "hqq"')
+            if q.bits == 2 and q.grid not in (None, "ort"):
+                raise _cannot("ONNX", s, f"{kind}: 2-bit weights are on ORT's grid", "drop grid")
+        if s.ffn is not None and s.ffn.algorithm == "gptq" and w.algorithm != "gptq":
+            raise _cannot("ONNX", s, "ORT's GPTQ quantizes every remaining MatMul of the graph at once, so the "
+                          "feed-forward ones alone cannot take it", 'use algorithm = "gptq" in weights (and ffn), or another ffn algorithm')
+        if s.activations == "dynamic-per-tensor":
+            raise _cannot("ONNX", s, "MatMulNBits quantizes activations per row (or not)",
+                          'use activations = "dynamic-per-row" or "none"')
+        if t is not None and t != w and not (t.bits == 4 and t.blocked and t.rtn and t.symmetric and t.grid == (w.grid or "ort")):
+            raise _cannot("ONNX", s, "the 4-bit tables are round-to-nearest symmetric blocks on the weights' grid",
+                          "leave table out, or state it as {bits = 4, block = 32}")
         return s
 
     def label(self, scheme):
         w, t = scheme.weights, scheme.table
+        if w.blocked and (w.bits != 4 or not w.rtn or scheme.ffn):
+            return f"block-{w.name}" + (f"+ffn-{scheme.ffn.name}" if scheme.ffn else "")
         if w.bits == 4:
             return "block-int4"
         if t is not None and t.bits == 4:
@@ -362,6 +410,9 @@ class LiteRtQuant(FormatQuant):
         return "dynamic-per-row"
 
     def check(self, scheme):
+        if any(q is not None and not q.rtn for q in (scheme.weights, scheme.table, scheme.ffn)):
+            raise _cannot("TFLite", scheme, "LiteRT's converter rounds its weights to nearest (no GPTQ / HQQ / k-quant)",
+                          'drop algorithm, or ship only ONNX (formats = ["onnx", "ort"])')
         s = super().check(scheme)
         w = s.weights
         if s.ffn or s.head_activations:

@@ -42,9 +42,10 @@ RECIPE_OPTIONS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "formats": (list, "the only artifact formats this recipe ships (the others are recorded as skipped)"),
     "formats_reason": (str, "why the other formats are skipped (recorded in the manifest)"),
     "keep_factorized": (bool, "keep factorized layers factorized in the ONNX graph"),
-    # edgecomp.pipeline.require_tolerance: a recipe judged on task quality (edgecomp fit) states the fidelity
-    # floor it was measured at, over the target's [tolerance]
-    "tolerance": (dict, "the artifacts' fidelity floor for this recipe (cos_mean, cos_min, nll_ratio_max), over the target's"),
+    # edgecomp.pipeline.require_tolerance: a recipe whose quality floor is a task metric (measured by edgecomp fit
+    # or a study) states the fidelity its artifacts must still reach, over the target's [tolerance], and why
+    "tolerance": (dict, "the fidelity floor of this recipe's artifacts, over the target's [tolerance] (cos_mean, cos_min, nll_ratio_max)"),
+    "tolerance_reason": (str, "why the recipe's floor differs from the target's (recorded in the manifest)"),
     # edgecomp.llm.export
     "prefill_buckets": (list, "causal LMs: prefill lengths of the .tflite signatures"),
 }
@@ -141,10 +142,17 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
         if old:
             raise _refuse(where, f"step {i + 1} ({s.get('method')}) key {old!r} is gone", f"state {RENAMED_STEP_KEYS[old]}")
     options = {k: v for k, v in raw.items() if k in RECIPE_OPTIONS}
-    tol = options.get("tolerance", {})
-    bad = next((k for k, v in tol.items() if k not in TOLERANCE_KEYS or isinstance(v, bool) or not isinstance(v, (int, float))), None)
-    if bad:
-        raise _refuse(where, f"tolerance key {bad!r} is unknown or not a number", f"use only: {', '.join(TOLERANCE_KEYS)} (numbers)")
+    if "tolerance" in options:
+        tol = options["tolerance"]
+        bad = sorted(set(tol) - set(TOLERANCE_KEYS))
+        if bad:
+            raise _refuse(where, f"unknown tolerance key {bad[0]!r}", f"use only: {', '.join(TOLERANCE_KEYS)}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tol.values()) or not all(
+                -1 <= v <= 1 for k, v in tol.items() if k != "nll_ratio_max") or tol.get("nll_ratio_max", 1) < 1:
+            raise _refuse(where, f"tolerance = {tol!r} holds a value out of range (cosines in [-1, 1], nll_ratio_max >= 1)",
+                          "write e.g. {cos_mean = 0.97}")
+        if "tolerance_reason" not in options:
+            raise _refuse(where, "tolerance is stated without tolerance_reason", "say why the floor differs (it is recorded)")
     if "quantization" in options:
         options["quantization"] = parse_stated(options["quantization"], where, runtimes=True)
     return Recipe(name=str(raw.get("name", name)), description=str(raw.get("description", "")),

@@ -74,10 +74,11 @@ def test_old_keys_and_bad_schemes_are_refused_in_one_line(tiny_bert_dir, tmp_pat
      ["the ONNX artifact cannot store", "ORT's or LiteRT's grid"]),
     ("android", '[quantization]\nweights = {bits = 4, block = 64}\n', ["TFLite artifact cannot store", "blocks of 32"]),
     ("android", '[quantization]\ntable = {bits = 4, block = 32}\n', ["LiteRT quantizes tables as the weights"]),
-    ("cpu-x86", '[quantization]\nweights = {bits = 2, block = 32}\n', ["no 2-bit weights"]),
+    ("android", '[quantization]\nweights = {bits = 2, block = 32}\n', ["TFLite artifact cannot store", "no 2-bit weights"]),
     ("cpu-x86", '[quantization]\nweights = {bits = 4, block = 32}\nactivations = "dynamic-per-tensor"\n',
      ["MatMulNBits quantizes activations per row"]),
-    ("cpu-x86", '[quantization]\nffn = {bits = 2, block = 32}\n', ["causal-LM facts"]),
+    ("cpu-x86", '[quantization]\nffn = {bits = 2, block = 32}\n', ["ffn bits of their own need block weights"]),
+    ("cpu-x86", '[quantization]\nweights = {bits = 4, block = 32}\nhead_activations = "none"\n', ["causal-LM fact"]),
     # one distillation cannot train for two different stored weights (ORT's grid vs LiteRT's folded one)
     ("android", 'steps = [{method = "distill", quant_aware = true, steps = 2}]\n[quantization]\nweights = {bits = 4, block = 32}\n',
      ["trains for its quantization, and the artifacts store it differently", "formats = "]),

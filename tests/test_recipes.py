@@ -16,7 +16,7 @@ from edgecomp.quant import WeightQuant
 
 runner = CliRunner()
 
-GENERIC = ("none", "int8", "int4", "small", "small-tflite", "fast")
+GENERIC = ("none", "int8", "int4", "small", "small-tflite", "fast", "tiny")
 
 
 def _refused(args: list[str], *needles: str) -> str:

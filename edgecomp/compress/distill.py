@@ -36,7 +36,7 @@ from ..archs import layout_of, require_layout
 from . import METHODS
 from .base import Calibration, StepReport, check, require_calibration
 from ..quant import TrainView, WeightQuant
-from .layers import FactorizedEmbedding, KroneckerEmbedding, SmoothedLinear
+from .layers import FactorizedEmbedding, FrequencySplitEmbedding, KroneckerEmbedding, SmoothedLinear
 
 
 @dataclass
@@ -415,7 +415,7 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
     with torch.enable_grad():
         # 1. the embeddings block (only if a table was replaced; otherwise its error is zero already)
         emb = embeddings_block(model, blocks_name)
-        compressed_table = emb is not None and any(isinstance(m, (FactorizedEmbedding, KroneckerEmbedding))
+        compressed_table = emb is not None and any(isinstance(m, (FactorizedEmbedding, FrequencySplitEmbedding, KroneckerEmbedding))
                                                    for m in emb.modules())
         quantized_tables = view is not None and simulated_table(view) is not None
         if emb is not None and (compressed_table or quantized_tables):

@@ -240,3 +240,58 @@ class ChannelScale(nn.Module):
 
     def forward(self, x):
         return x * self.scale
+
+
+class FrequencySplitEmbedding(nn.Module):
+    """A token table split by token frequency: one Gather of an index remap, then the frequent rows from
+    ``frequent`` (a float nn.Embedding the export's scheme quantizes like any table, e.g. 4-bit
+    GatherBlockQuantized) and, for the rest, either 2-bit codes or nothing (the remap sends them to a kept row).
+
+    remap[token] < n_frequent: the row of ``frequent``; >= n_frequent: row ``remap - n_frequent`` of the
+    2-bit rare table. The 2-bit rows are stored as uint8 bytes of four codes, with float16 scale and minimum
+    per block; they dequantize with standard ops only (a Gather of the codes, a Gather of a 256 x 4 lookup
+    of each byte's four codes, Mul, Add), so ONNX Runtime and LiteRT run them without a custom kernel and the
+    quantizers leave them alone (no float table to match).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, n_frequent: int, n_rare: int = 0,
+                 rare_block: int = 32, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.n_frequent, self.n_rare, self.rare_block = n_frequent, n_rare, rare_block
+        self.register_buffer("remap", torch.zeros(num_embeddings, dtype=torch.int32))
+        self.frequent = nn.Embedding(n_frequent, embedding_dim, padding_idx=padding_idx)
+        if n_rare:
+            nb = embedding_dim // rare_block
+            self.register_buffer("rare_codes", torch.zeros(n_rare, embedding_dim // 4, dtype=torch.uint8))
+            self.register_buffer("rare_scale", torch.zeros(n_rare, nb, dtype=torch.float16))
+            self.register_buffer("rare_min", torch.zeros(n_rare, nb, dtype=torch.float16))
+            byte = torch.arange(256)
+            self.register_buffer("rare_lut", torch.stack([(byte >> s) & 3 for s in (0, 2, 4, 6)], -1).float())
+
+    @property
+    def weight(self) -> torch.Tensor:  # what a reader of nn.Embedding.weight gets: the table as it decodes
+        return self.dense_weight()
+
+    def _rare_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        codes = self.rare_lut[self.rare_codes[rows].long()]  # [..., D/4, 4] code values 0..3
+        lead = rows.shape
+        nb = self.embedding_dim // self.rare_block
+        q = codes.reshape(*lead, nb, self.rare_block)
+        x = q * self.rare_scale[rows].float().unsqueeze(-1) + self.rare_min[rows].float().unsqueeze(-1)
+        return x.reshape(*lead, self.embedding_dim)
+
+    def forward(self, input_ids):
+        row = self.remap[input_ids].long()
+        if not self.n_rare:
+            return self.frequent(row)
+        f = self.frequent(row.clamp(max=self.n_frequent - 1))
+        r = self._rare_rows((row - self.n_frequent).clamp(min=0))
+        return torch.where((row >= self.n_frequent).unsqueeze(-1), r, f)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.forward(torch.arange(self.num_embeddings, device=self.remap.device))
+
+    def extra_repr(self):
+        return (f"{self.num_embeddings}, {self.embedding_dim}, frequent={self.n_frequent}, "
+                f"rare={self.n_rare} (2-bit, blocks of {self.rare_block})")

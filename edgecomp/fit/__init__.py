@@ -37,6 +37,8 @@ RESULT = "result.json"
 # Candidates are judged on task quality, not on the target's embedding-cosine floor: while searching, the
 # recipe lifts it; the chosen recipe states the floor it was measured at (so a regression still fails).
 SEARCH_TOLERANCE = {"cos_mean": 0.0, "cos_min": -1.0}
+# candidates are judged on the task metric, not on cosine against fp32
+SEARCH_REASON = "edgecomp fit candidate: judged on the task metric, not on cosine against fp32"
 UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 
 
@@ -174,7 +176,7 @@ def _valid(cand: Candidate, target, task: str) -> str | None:
     from ..recipes import check_steps, parse_recipe
 
     try:
-        recipe = parse_recipe({**cand.recipe_table(), "tolerance": SEARCH_TOLERANCE}, cand.name, None,
+        recipe = parse_recipe({**cand.recipe_table(), "tolerance": SEARCH_TOLERANCE, "tolerance_reason": SEARCH_REASON}, cand.name, None,
                               where=f"candidate {cand.name}")
         if not recipe.applies_to(task):
             return "not for this task"
@@ -314,7 +316,7 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
         for r in pick:
             key = content_hash(base_key, r.cand.recipe, SEARCH_TOLERANCE)[:24]
             jobs.append({"name": r.cand.name, "key": key, "entry": str(cache / key),
-                         "toml": recipe_toml({**r.cand.recipe_table(), "tolerance": SEARCH_TOLERANCE},
+                         "toml": recipe_toml({**r.cand.recipe_table(), "tolerance": SEARCH_TOLERANCE, "tolerance_reason": SEARCH_REASON},
                                              "edgecomp fit candidate"),
                          "model": model, "target": target_name, "task": task.name, "data": opts.data,
                          "reference": reference, "bench": budget.max_rss_mb is not None, "threads": 1})
@@ -363,7 +365,9 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
     table = best.cand.recipe_table()
     fid = best.result.get("fidelity") or {}
     if fid:  # just below what was measured on the export's verification text (the same bytes verify the same)
-        table["tolerance"] = {k: math.floor(v * 1000) / 1000 - 0.001 for k, v in fid.items()}
+        table["tolerance"] = {k: math.floor(v * 1000) / 1000 - 0.001 for k, v in fid.items() if k in ("cos_mean", "cos_min")}
+        table["tolerance_reason"] = (f"chosen by edgecomp fit on {task.name} quality (drop <= {budget.max_drop}); the "
+                                     "floor is just below the cosine its artifacts measured")
     toml_text = recipe_toml(table, f"chosen by `edgecomp fit {model} --target {target_name}` "
                                    f"(max size {budget.max_size / 1e6:g} MB, {task.name} drop <= {budget.max_drop})")
     entry = cache / content_hash(base_key, best.cand.recipe, SEARCH_TOLERANCE)[:24]

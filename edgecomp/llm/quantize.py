@@ -141,6 +141,9 @@ class LlmOrtQuant(FormatQuant):
     runtime = "onnxruntime"
 
     def check(self, scheme):
+        if any(q is not None and not q.rtn for q in (scheme.weights, scheme.table, scheme.ffn)):
+            raise EdgecompError(f"the causal-LM artifacts cannot store quantization {scheme.name}: their quantizers round "
+                                "to nearest (algorithm is an encoder ONNX option)", "drop algorithm")
         s = dataclasses.replace(scheme, **{k: _weights_default(getattr(scheme, k)) for k in ("weights", "ffn")
                                            if getattr(scheme, k)})
         if s.table is not None:
@@ -169,6 +172,9 @@ class LlmLiteRtQuant(FormatQuant):
         return "dynamic-per-row"
 
     def check(self, scheme):
+        if any(q is not None and not q.rtn for q in (scheme.weights, scheme.table, scheme.ffn)):
+            raise EdgecompError(f"the causal-LM .tflite cannot store quantization {scheme.name}: litert-torch rounds to "
+                                "nearest (algorithm is an encoder ONNX option)", "drop algorithm")
         s = super().check(scheme)
         w = s.weights
         flag = LITERT_FLAGS.get((w.bits, w.block, s.activations)) if w is not None else None

@@ -44,7 +44,8 @@ def train_view(quantization):
     return FORMAT_QUANT["onnx"].train_view(onnx_scheme(quantization))
 
 
-def quantized(src: Path, dst: Path, quantization) -> Path:
-    """``src`` quantized into ``dst`` as ``quantization`` says (see onnx_scheme)."""
-    quantize_onnx(Path(src), Path(dst), onnx_scheme(quantization))
+def quantized(src: Path, dst: Path, quantization, calibration=None, model=None) -> Path:
+    """``src`` quantized into ``dst`` as ``quantization`` says (see onnx_scheme); ``calibration``: a callable
+    returning the graph's calibration feeds (GPTQ), ``model``: the PyTorch model (its adapter names the ffn)."""
+    quantize_onnx(Path(src), Path(dst), onnx_scheme(quantization), calibration=calibration, model=model)
     return Path(dst)
