@@ -149,7 +149,7 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
             raise _refuse(where, f"unknown tolerance key {bad[0]!r}", f"use only: {', '.join(TOLERANCE_KEYS)}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tol.values()) or not all(
                 -1 <= v <= 1 for k, v in tol.items() if k != "nll_ratio_max") or tol.get("nll_ratio_max", 1) < 1:
-            raise _refuse(where, f"tolerance = {tol!r} holds a value out of range (cosines in [-1, 1], nll_ratio_max >= 1)",
+            raise _refuse(where, f"tolerance = {tol!r} holds a value that is not a cosine in [-1, 1] (or an nll_ratio_max below 1)",
                           "write e.g. {cos_mean = 0.97}")
         if "tolerance_reason" not in options:
             raise _refuse(where, "tolerance is stated without tolerance_reason", "say why the floor differs (it is recorded)")
