@@ -440,7 +440,7 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
     recipe = spec.recipe(options.recipe)
     task = TASKS.get(spec.task)
     plan = plan_for(task, options)
-    if options.with_tokenizer and plan.name != "encoder":
+    if options.with_tokenizer and not plan.string_input:
         raise EdgecompError(f"--with-tokenizer builds string-input encoder artifacts, and this is a {plan.name} export",
                             "drop --with-tokenizer")
     artifacts, skipped = recipe_artifacts(target, recipe)

@@ -42,6 +42,7 @@ class Job:
 
 class Plan(Protocol):
     name: str
+    string_input: bool  # whether `export --with-tokenizer` applies (string-input twins of its artifacts)
 
     def prepare(self, job: Job) -> None:
         """Before compression: references of the original model, and refusals that cost nothing yet."""
@@ -62,6 +63,7 @@ class EncoderPlan:
     """Encoders and classifiers: one fp32 ONNX graph, then every format and precision the target lists."""
 
     name = "encoder"
+    string_input = True  # `export --with-tokenizer` can put the tokenizer ahead of its graphs
 
     def prepare(self, job: Job) -> None:
         from .bench.fidelity import ReferenceSet
@@ -98,6 +100,7 @@ class CausalLMPlan:
     """Decoders: KV-cache graphs per format, verified by greedy decoding and NLL (edgecomp.llm)."""
 
     name = "causal-lm"
+    string_input = False
 
     def prepare(self, job: Job) -> None:
         from .llm.export import causal_lm_artifacts, causal_lm_schemes
@@ -125,6 +128,7 @@ class EarlyExitPlan:
     """Classifiers split into layer stages with exit heads and a calibrated threshold (edgecomp.early_exit)."""
 
     name = "early-exit"
+    string_input = False
 
     def prepare(self, job: Job) -> None:
         from .pipeline import recipe_scheme

@@ -87,6 +87,7 @@ class EvalTask:
     default_for: tuple[str, ...] = ()  # export tasks whose default evaluation it is
     builtin: str = ""  # edgecomp.evaluate.data.BUILTIN name
     layout: str = ""
+    data_is_folder = False  # --data names a folder of files (retrieval) rather than one file
 
     def load(self, path: Path):
         raise NotImplementedError
@@ -168,6 +169,7 @@ class Retrieval(EvalTask):
     export_tasks = ("feature-extraction",)
     builtin = "retrieval"
     layout = evdata.RETRIEVAL_LAYOUT
+    data_is_folder = True
     k = 5
 
     def load(self, path):
@@ -211,7 +213,7 @@ def load_data(task: EvalTask, path: str | Path | None):
     p = Path(path)
     if not p.exists():
         raise EdgecompError(f"--data {p} does not exist", f"pass {task.layout}")
-    if task.name != "retrieval" and p.is_dir():
+    if not task.data_is_folder and p.is_dir():
         raise EdgecompError(f"--data {p} is a folder", f"pass a file: {task.layout}")
     d = task.load(p)
     return d, str(p.resolve())

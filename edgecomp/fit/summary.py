@@ -24,28 +24,10 @@ def frontier_markdown(fit: dict) -> str:
 
 
 def plot_frontier(fit: dict, png: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The report's fit chart (edgecomp.report.charts.fit_frontier) for a fit.json outside an export."""
     from ..manifest import save_figure_atomic
+    from ..report.charts import fit_frontier
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    est = [c for c in fit["candidates"] if not c["measured"]]
-    ax.scatter([c["size_bytes"] / 1e6 for c in est], [0] * len(est), marker="|", color="0.75",
-               label="estimated only (size)")
-    for c in fit["candidates"]:
-        if c["measured"]:
-            ax.scatter(c["size_bytes"] / 1e6, c["quality_drop"], s=60 if c["chosen"] else 30,
-                       color="tab:red" if c["chosen"] else ("tab:blue" if c["on_frontier"] else "0.4"), zorder=3)
-            ax.annotate(c["name"], (c["size_bytes"] / 1e6, c["quality_drop"]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
-    ax.axvline(fit["budget"]["max_size_bytes"] / 1e6, color="tab:red", ls="--", lw=1, label="size budget")
-    ax.axhline(fit["budget"]["max_drop"], color="tab:orange", ls="--", lw=1, label="quality floor")
-    ax.set_xlabel("largest shipped artifact (MB)")
-    ax.set_ylabel(f"{fit['reference']['metric']} drop vs fp32 (points)")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    save_figure_atomic(fig, Path(png))
+    manifest = {"model": {"name": fit["model"]}, "target": {"name": fit["target"]}, "fit": fit}
+    save_figure_atomic(fit_frontier([(fit["model"], manifest)]), Path(png))
     return Path(png)

@@ -94,7 +94,7 @@ def quality_series(exports) -> list[dict]:
     for task, spec in tasks.items():
         ref = (spec.get("reference") or {})
         series.append({"key": f"task-{task}", "label": f"{task}: {spec.get('metric', 'score')}",
-                       "higher_is_better": spec.get("metric") != "perplexity",
+                       "higher_is_better": spec.get("higher_is_better", True),
                        "get": lambda a, t=task: ((a.get("metrics") or {}).get("task") or {}).get(t, {}).get("value"),
                        "reference": (ref.get("name", "pytorch-fp32"), ref.get("value")), "peers": False})
     arts = [a for _, a, _ in _measured(exports)]
