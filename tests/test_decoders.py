@@ -159,6 +159,28 @@ def test_run_perplexity_matches_pytorch(exports, workdir, target, family):
             assert r["nll"] == pytest.approx(torch_nll(model, ids), rel=1e-4 if _is_fp32(a) else 2e-2), a["path"]
 
 
+def test_eval_perplexity_matches_pytorch(exports, workdir):
+    """`edgecomp eval --task perplexity`: PyTorch's figure is exp(sum of its NLL / tokens) over the artifact's own
+    tokenization, each artifact's is what `run --perplexity` gives line by line, pooled."""
+    from edgecomp.llm.generate import torch_nll
+
+    out, _, model = exports("cpu-x86", "llama")
+    res = runner.invoke(app, ["eval", str(out), "--task", "perplexity", "--data", str(workdir / "texts.txt")])
+    assert res.exit_code == 0, res.output
+    m = _manifest(out)
+    ev = m["task_eval"]["perplexity"]
+    ids = [_prompt_ids(out, t) for t in TEXTS]
+    tokens = sum(len(i) - 1 for i in ids)
+    assert ev["higher_is_better"] is False and ev["n"] == len(TEXTS)
+    assert ev["reference"]["value"] == pytest.approx(math.exp(sum(torch_nll(model, i) for i in ids) / tokens), rel=1e-4)
+    for a in m["artifacts"]:
+        recs = _run(out, a["path"], workdir, "--perplexity")
+        want = math.exp(sum(r["nll"] for r in recs) / sum(r["tokens_scored"] for r in recs))
+        t = a["metrics"]["task"]["perplexity"]
+        assert t["value"] == pytest.approx(want, rel=1e-3) and t["tokens"] == tokens, a["path"]
+        assert t["drop"] == pytest.approx(t["value"] - ev["reference"]["value"], rel=1e-3, abs=1e-4)
+
+
 @pytest.mark.parametrize("target,family", [("cpu-x86", "gpt2"), ("android", "llama")])
 def test_bench_and_report_from_another_folder(exports, tmp_path, monkeypatch, target, family):
     """`edgecomp bench OUT` on an LLM export: decode-step latency, tokens/s, fresh-process RSS and the fidelity

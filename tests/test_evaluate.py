@@ -143,6 +143,52 @@ def test_builtin_default_and_retrieval(tiny_export):
         assert set(a["metrics"]["task"]) == {"sts", "retrieval"}
 
 
+def test_classification_accuracy_matches_pytorch_and_run(tmp_path, fast_target):
+    """A tiny classifier: the accuracy `eval` records for PyTorch is transformers' argmax by hand, each
+    artifact's is `edgecomp run`'s labels against the gold ones; gold labels may be indices or names."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tiny import save_tiny_encoder
+
+    src = save_tiny_encoder("bert", tmp_path / "clf", classifier=True)
+    out = tmp_path / "clf-out"
+    res = edgecomp("export", src, "--target", fast_target, "-o", out, "--no-bench")
+    assert res.returncode == 0, res.stderr
+    texts = [ln for ln in (REPO / "edgecomp" / "data" / "sentences.txt").read_text().splitlines() if ln.strip()][:40]
+    model = AutoModelForSequenceClassification.from_pretrained(src).eval()
+    tok = AutoTokenizer.from_pretrained(src)
+    with torch.no_grad():
+        pred = model(**tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")).logits.argmax(-1)
+    pred = pred.tolist()
+    # gold: the model's own label on 3 of 4 rows, the other label on every 4th, so accuracy is 75% for PyTorch
+    gold = [p if i % 4 else 1 - p for i, p in enumerate(pred)]
+    names = {0: "LABEL_0", 1: "label_1"}  # id2label names match case-insensitively
+    data = tmp_path / "labelled.tsv"
+    data.write_text("text\tlabel\n" + "".join(f"{t}\t{names[g] if i % 2 else g}\n" for i, (t, g) in
+                                                enumerate(zip(texts, gold))), encoding="utf-8")
+    res = edgecomp("eval", out, "--task", "classification", "--data", data)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    ev = m["task_eval"]["classification"]
+    assert ev["metric"] == "accuracy" and ev["n"] == len(texts)
+    assert ev["reference"]["value"] == pytest.approx(75.0)
+    src_txt = tmp_path / "texts.txt"
+    src_txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    for a in m["artifacts"]:
+        dst = tmp_path / f"{a['path']}.jsonl"
+        r = edgecomp("run", out / a["path"], "--input", src_txt, "--output", dst)
+        assert r.returncode == 0, r.stderr
+        got = [int(json.loads(ln)["label"].split("_")[-1]) for ln in dst.read_text().splitlines()]
+        want = 100 * np.mean([g == p for g, p in zip(gold, got)])
+        t = a["metrics"]["task"]["classification"]
+        assert t["value"] == pytest.approx(want), a["path"]
+        assert t["drop"] == pytest.approx(75.0 - want, abs=1e-6)
+    bad = tmp_path / "bad-labels.tsv"
+    bad.write_text("text\tlabel\nsome text\tneutral\n", encoding="utf-8")
+    refused(("eval", out, "--task", "classification", "--data", bad), "'neutral'", "LABEL_0")
+
+
 def test_bad_input_is_one_line(tiny_export, tmp_path):
     refused(("eval", tiny_export, "--data", tmp_path / "nope.tsv"), "does not exist")
     bad = tmp_path / "bad.tsv"

@@ -95,6 +95,9 @@ class EvalTask:
     def load_builtin(self):
         return self.load(evdata.builtin_path(self.builtin))
 
+    def check(self, data, manifest: dict) -> None:
+        """Refuse data that cannot be scored against this export before any model loads (one line)."""
+
     def score(self, scorer: Scorer, data, manifest: dict) -> dict:
         """{"value": ..., plus extras}"""
         raise NotImplementedError
@@ -139,6 +142,9 @@ class Classification(EvalTask):
 
     def load(self, path):
         return evdata.read_labelled(path)
+
+    def check(self, data, manifest):
+        _label_index(manifest, data.labels, getattr(data, "source", "the labelled set"))
 
     def score(self, scorer, data, manifest):
         gold = _label_index(manifest, data.labels, getattr(data, "source", "the labelled set"))
@@ -270,6 +276,7 @@ def evaluate_export(export_dir: Path, task_name: str | None = None, data_path: s
     manifest = read_manifest(export_dir)
     task = choose_task(manifest["model"]["task"], task_name)
     data, data_label = load_data(task, data_path)
+    task.check(data, manifest)
     records = [r for r in manifest["artifacts"] if evaluable(r)]
     if not records:
         raise EdgecompError(f"{export_dir} has no artifact that takes text", "evaluate an export of a whole model")
@@ -314,5 +321,6 @@ def reference_score(loaded, target, task_name: str | None, data_path) -> tuple[E
     task = choose_task(loaded.spec.task, task_name)
     data, label = load_data(task, data_path)
     manifest = {"model": {"task": loaded.spec.task, **export_task.manifest_fields(loaded)}}
+    task.check(data, manifest)
     scorer = reference_scorer(loaded, manifest, loaded.directory, export_max_length(target, loaded, None))
     return task, data, label, task.score(scorer, data, manifest)
