@@ -86,6 +86,22 @@ def test_onnx_on_aarch64_matches_x86_and_counts_instructions(tiny_onnx):
 
 @pytest.mark.arm64
 @needs_env
+def test_ort_format_runs_in_the_guest_with_its_session_options(tiny_onnx, tmp_path):
+    """The guest loads a .ort with the options the manifest records for it (mapped model bytes), as the x86
+    runner and the native probe do, and still gives the x86 outputs."""
+    from edgecomp.optimize.ort_format import to_ort_format
+    from edgecomp.runtime.options import session_options
+
+    ort_path, _ = to_ort_format(tiny_onnx, tmp_path)
+    f = feeds(16)
+    block = arm64_block(ort_path, f, ort_x86(tiny_onnx, f), runs=1)
+    assert block["session_options"] == session_options(ort_path)
+    assert block["session_options"]["session.use_ort_model_bytes_for_initializers"] == "1"
+    assert block["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.arm64
+@needs_env
 def test_instructions_grow_with_sequence_length(tiny_onnx):
     short, long = feeds(8), feeds(64)
     a = arm64_block(tiny_onnx, short, ort_x86(tiny_onnx, short), runs=1)

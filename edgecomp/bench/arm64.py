@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecompError
+from ..runtime.options import session_options
 from .arm64_guest import LABEL_LOADED, LABEL_START
 
 ARM64_ENV = Path(
@@ -110,6 +111,10 @@ def arm64_block(
         ]
         if signature:
             cmd += ["--signature", signature]
+        # the options the runners and the native probe load this format with (.ort: mapped model bytes)
+        options = session_options(artifact)
+        if artifact.suffix != ".tflite":  # LiteRT's weight cache is the guest runner's own default
+            cmd += [f"--option={k}={v}" for k, v in options.items()]
         env = {
             "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp), "PYTHONPATH": GUEST_SITE,
             # one thread everywhere: counts are per core, and the plugin's counter is not atomic
@@ -142,6 +147,7 @@ def arm64_block(
         "emulated_cpu": cpu,
         "runtime": "litert" if artifact.suffix == ".tflite" else "onnxruntime",
         "signature": result["signature"],
+        "session_options": options,  # as the manifest records them for the artifact (edgecomp.runtime.options)
         **({"xnnpack_partitions": result["xnnpack_partitions"]} if artifact.suffix == ".tflite" else {}),
         "runtime_versions": {k: result["runtime_versions"][k] for k in ("onnxruntime", "ai_edge_litert", "python")},
         "emulated": True,

@@ -63,11 +63,24 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def apply_ort_options(so, options: dict) -> None:
+    """edgecomp.runtime.options.apply_ort_options for the guest (it has no edgecomp): the session options the
+    artifact's manifest records, so the guest measures the artifact the way the x86 runner and probe load it."""
+    for key, value in options.items():
+        if key == "arena":
+            so.enable_cpu_mem_arena = value != "0"
+        elif key == "mem_pattern":
+            so.enable_mem_pattern = value != "0"
+        elif "." in key:
+            so.add_session_config_entry(key, value)
+
+
 class OrtModel:
-    def __init__(self, path: str):
+    def __init__(self, path: str, options: dict | None = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        apply_ort_options(so, options or {})
         so.intra_op_num_threads = 1  # one core: deterministic counts, no racing threads in the plugin
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
@@ -184,6 +197,8 @@ def main() -> None:
     ap.add_argument("--result", required=True)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--signature")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an ONNX Runtime session option (edgecomp.runtime.options), repeatable")
     ap.add_argument("--checkpoints", help="directory for /proc/self/maps snapshots; the host must be watching")
     a = ap.parse_args()
 
@@ -196,7 +211,7 @@ def main() -> None:
     if is_tflite:
         model = LiteRtModel(a.artifact, a.signature, feeds)
     else:
-        model = OrtModel(a.artifact)
+        model = OrtModel(a.artifact, dict(o.split("=", 1) for o in a.option))
     feeds = model.prepare(feeds)
     mark(LABEL_LOADED)
     checkpoint(a.checkpoints, 0, "loaded")
