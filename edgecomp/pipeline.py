@@ -116,6 +116,43 @@ class BuildContext:
             self.produced[key] = simplified
         return self.produced[key]
 
+    # --- what the format producers (PRODUCERS) ask of the thing they lower; early-exit stages and causal
+    # LMs answer the same questions (early_exit/export.py StageBuild, llm/export.py CausalLmBuild)
+    def filename(self, spec: ArtifactSpec) -> str:
+        return spec.filename
+
+    def onnx_info(self) -> dict:
+        return {"exporter": self.onnx_io.get("exporter"), "simplify": self.onnx_io.get("simplify")}
+
+    def quantize(self, src: Path, dst: Path, spec: ArtifactSpec) -> dict:
+        from .optimize.quantize import quantize_onnx
+
+        return quantize_onnx(src, dst, spec.scheme, calibration=self.calibration_feeds, model=self.loaded.model)
+
+    def finish_onnx(self, dst: Path, spec: ArtifactSpec, info: dict) -> None:
+        if self.options.custom_ops:
+            # After quantization: the quantizers match standard ops only, so functions must wrap their output.
+            import onnx
+
+            from .compress.functions import wrap_as_functions
+
+            onnx.save(wrap_as_functions(onnx.load(str(dst))), str(dst))
+            info["custom_ops"] = "edgecomp.* ONNX functions (bodies are standard ops)"
+
+    def lower_tflite(self, spec: ArtifactSpec, dst: Path) -> dict:
+        from .lower.tflite import export_tflite
+        from .lower.wrap import PositionalModel
+
+        self.fp32_onnx()  # the input names come from the ONNX export, so both formats take the same inputs
+        names = self.onnx_io["inputs"]
+        head = graph_head(self.task, self.loaded.spec)
+        outputs = [*self.task.output_names, *(head.outputs if head else ())]
+        buckets = bucket_lengths(spec.seq_buckets or (self.target.bench.seq_len,), self.max_length)
+        self.log(f"convert: litert-torch -> {dst.name} (buckets {list(buckets)}, {spec.quantization or 'fp32'})")
+        module = PositionalModel(self.loaded.model, names, outputs, head).eval()
+        with native_stderr_silenced():
+            return export_tflite(module, names, outputs, dst, buckets, spec.scheme)
+
 
 # Verification compares texts up to this many tokens (or the export's limit, when shorter).
 VERIFY_MAX_LENGTH = 128
@@ -144,39 +181,33 @@ PRODUCERS: Registry[Callable[[BuildContext, ArtifactSpec], tuple[Path, dict]]] =
 
 
 @PRODUCERS.register("onnx")
-def produce_onnx(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
+def produce_onnx(ctx, spec: ArtifactSpec) -> tuple[Path, dict]:
+    """The fp32 graph of what ``ctx`` lowers, quantized to the artifact's scheme, finished by ``ctx``."""
     src = ctx.fp32_onnx()
-    dst = ctx.out / spec.filename
-    info = {"exporter": ctx.onnx_io.get("exporter"), "simplify": ctx.onnx_io.get("simplify")}
+    dst = ctx.out / ctx.filename(spec)
+    info = ctx.onnx_info()
     if spec.scheme is None:
         shutil.copy(src, dst)
     else:
-        from .optimize.quantize import quantize_onnx
-
-        ctx.log(f"quantize: {spec.quantization} -> {spec.filename}")
-        info["quantization"] = quantize_onnx(src, dst, spec.scheme, calibration=ctx.calibration_feeds,
-                                             model=ctx.loaded.model)
-    if ctx.options.custom_ops:
-        # After quantization: the quantizers match standard ops only, so functions must wrap their output.
-        import onnx
-
-        from .compress.functions import wrap_as_functions
-
-        onnx.save(wrap_as_functions(onnx.load(str(dst))), str(dst))
-        info["custom_ops"] = "edgecomp.* ONNX functions (bodies are standard ops)"
+        ctx.log(f"quantize: {spec.quantization} -> {dst.name}")
+        info["quantization"] = ctx.quantize(src, dst, spec)
+    ctx.finish_onnx(dst, spec, info)
     return dst, info
 
 
 @PRODUCERS.register("ort")
-def produce_ort(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
+def produce_ort(ctx, spec: ArtifactSpec) -> tuple[Path, dict]:
+    """ORT format, converted from the same build's .onnx of the same precision (made in scratch if the target
+    does not ship it)."""
     from .optimize.ort_format import to_ort_format
 
+    stem = Path(ctx.filename(spec)).stem
     src = ctx.produced.get(("onnx", spec.precision))
-    if src is None:  # the target did not ask for the .onnx itself: build it in scratch
-        src, _ = produce_onnx(ctx, ArtifactSpec(**{**vars(spec), "format": "onnx", "name": "ort-src"}))
+    if src is None:
+        src, _ = produce_onnx(ctx, ArtifactSpec(**{**vars(spec), "format": "onnx", "name": f"{spec.name}-ort-src"}))
         src = Path(shutil.move(src, ctx.work / src.name))
-    ctx.log(f"convert: ORT format -> {spec.filename}")
-    staged = ctx.work / f"{spec.name}.onnx"
+    ctx.log(f"convert: ORT format -> {stem}.ort")
+    staged = ctx.work / f"{stem}.onnx"
     if staged != src:
         shutil.copy(src, staged)
     ort_path, cfg = to_ort_format(staged, ctx.out)
@@ -184,21 +215,9 @@ def produce_ort(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
 
 
 @PRODUCERS.register("tflite")
-def produce_tflite(ctx: BuildContext, spec: ArtifactSpec) -> tuple[Path, dict]:
-    from .lower.tflite import export_tflite
-    from .lower.wrap import PositionalModel
-
-    ctx.fp32_onnx()  # the input names come from the ONNX export, so both formats take the same inputs
-    names = ctx.onnx_io["inputs"]
-    head = graph_head(ctx.task, ctx.loaded.spec)
-    outputs = [*ctx.task.output_names, *(head.outputs if head else ())]
-    buckets = bucket_lengths(spec.seq_buckets or (ctx.target.bench.seq_len,), ctx.max_length)
-    ctx.log(f"convert: litert-torch -> {spec.filename} (buckets {list(buckets)}, {spec.quantization or 'fp32'})")
-    module = PositionalModel(ctx.loaded.model, names, outputs, head).eval()
-    dst = ctx.out / spec.filename
-    with native_stderr_silenced():
-        info = export_tflite(module, names, outputs, dst, buckets, spec.scheme)
-    return dst, info
+def produce_tflite(ctx, spec: ArtifactSpec) -> tuple[Path, dict]:
+    dst = ctx.out / ctx.filename(spec)
+    return dst, ctx.lower_tflite(spec, dst)
 
 
 def _host() -> dict:

@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -174,39 +175,61 @@ def export_stage_tflite(module, io, out_path: Path, seq_buckets, quantization, h
     return {"seq_buckets": info["seq_buckets"], "quantization": info["quantization"]}
 
 
+@dataclass
+class StageBuild:
+    """One stage (or static-depth model) as the build engine's format producers (pipeline.PRODUCERS) lower it:
+    the same onnx / ort / tflite passes as a whole encoder, over this module's own graph and file names."""
+
+    module: object
+    io: object
+    out: Path
+    work: Path
+    stem: str  # "stage0", "depth3": model.onnx -> model.stage0.onnx
+    opset: int
+    export_id: str
+    stage_index: int
+    hidden_size: int
+    n_classes: int
+    log: Callable[[str], None] = lambda s: None
+    produced: dict = field(default_factory=dict)
+
+    def fp32_onnx(self) -> Path:
+        if ("onnx-work", "fp32") not in self.produced:
+            self.work.mkdir(parents=True, exist_ok=True)
+            self.produced[("onnx-work", "fp32")] = export_onnx_chain(self.module, self.io, self.hidden_size,
+                                                                     self.n_classes, self.work, self.opset)
+        return self.produced[("onnx-work", "fp32")]
+
+    def filename(self, spec) -> str:
+        return f"{spec.name}.{self.stem}.{spec.format}"
+
+    def onnx_info(self) -> dict:
+        return {}
+
+    def quantize(self, src: Path, dst: Path, spec) -> dict:
+        from ..optimize.quantize import quantize_onnx
+
+        return quantize_onnx(src, dst, spec.scheme)
+
+    def finish_onnx(self, dst: Path, spec, info: dict) -> None:
+        _set_export_id(dst, self.export_id, self.stage_index)  # the runtime refuses stages of two exports
+
+    def lower_tflite(self, spec, dst: Path) -> dict:
+        return export_stage_tflite(self.module, self.io, dst, spec.seq_buckets or (16, 32, 64, 128), spec.scheme,
+                                   self.hidden_size, self.n_classes)
+
+
 def _ship_onnx_family(module, io, art_specs, out_dir: Path, stem: str, work: Path, opset: int, export_id: str,
                       stage_index: int, hidden_size: int, n_classes: int) -> dict[str, Path]:
     """All files of one module (a stage or a depth model) for the target's artifacts: {artifact key: path}."""
-    from ..optimize.ort_format import to_ort_format
-    from ..optimize.quantize import quantize_onnx
+    from ..pipeline import PRODUCERS
 
-    work.mkdir(parents=True, exist_ok=True)
-    slim = export_onnx_chain(module, io, hidden_size, n_classes, work, opset)
-    onnx_by_precision: dict[str, Path] = {}
+    build = StageBuild(module, io, out_dir, work, stem, opset, export_id, stage_index, hidden_size, n_classes)
     produced: dict[str, Path] = {}
     for a in art_specs:
-        if a.format == "onnx" or (a.format == "ort" and a.precision not in onnx_by_precision):
-            dst = (out_dir / f"{a.name}.{stem}.onnx") if a.format == "onnx" else (work / f"{a.name}.{stem}.onnx")
-            if a.precision == "fp32":
-                shutil.copyfile(slim, dst)
-            else:
-                quantize_onnx(slim, dst, a.scheme)
-            _set_export_id(dst, export_id, stage_index)
-            onnx_by_precision.setdefault(a.precision, dst)
-            if a.format == "onnx":
-                produced[f"{a.name}.onnx"] = dst
-    for a in art_specs:
-        if a.format == "ort":
-            ort_path, cfg = to_ort_format(onnx_by_precision[a.precision], work)
-            dst = out_dir / f"{a.name}.{stem}.ort"
-            os.replace(ort_path, dst)
-            os.replace(cfg, out_dir / f"{a.name}.{stem}.required_operators.config")
-            produced[f"{a.name}.ort"] = dst
-        elif a.format == "tflite":
-            dst = out_dir / f"{a.name}.{stem}.tflite"
-            export_stage_tflite(module, io, dst, a.seq_buckets or (16, 32, 64, 128),
-                                a.scheme, hidden_size, n_classes)
-            produced[f"{a.name}.tflite"] = dst
+        path, _ = PRODUCERS.get(a.format)(build, a)
+        build.produced[(a.format, a.precision)] = path
+        produced[f"{a.name}.{a.format}"] = path
     return produced
 
 

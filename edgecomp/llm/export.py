@@ -154,55 +154,76 @@ def export_causal_lm(loaded, target, build_dir: Path, work_dir: Path | None = No
             io["simplify"] = simplify_onnx(work / "raw.onnx", fp32)
         else:
             os.replace(work / "raw.onnx", fp32)
-    records, by_precision = [], {}
     if artifacts is None:  # the target's own, read as a causal LM reads them (the plan resolves its recipe's)
         from ..recipes import NO_RECIPE
 
         artifacts = causal_lm_schemes(list(target.artifacts), NO_RECIPE)
-    for spec in artifacts:
-        if spec.format == "tflite":
-            rec = _tflite_artifact(loaded, spec, build_dir, work, log, recipe_options or {})
-            if verify:
-                rec["metrics"] = measure_causal_lm(build_dir / rec["path"], loaded, texts, target, bench, log)
-            records.append(rec)
-            continue
-        cfg = config_of(spec.scheme) if spec.scheme else None
-        key = cfg.name if cfg else "fp32"
-        if key not in by_precision:
-            onnx_path = work / f"{key}.onnx"
-            info = None
-            if cfg is None:
-                onnx_path = fp32
-            else:
-                log(f"quantize: {key}")
-                info = quantize_causal_lm(fp32, onnx_path, cfg)
-            by_precision[key] = (onnx_path, info)
-        onnx_path, qinfo = by_precision[key]
-        if spec.format == "onnx":
-            dst = build_dir / spec.filename
-            shutil.copy(onnx_path, dst.with_name(dst.name + ".tmp"))
-            os.replace(dst.with_name(dst.name + ".tmp"), dst)
-            extra = {}
-        else:  # ort
-            from ..optimize.ort_format import to_ort_format
+    from ..pipeline import PRODUCERS
 
-            staged = work / f"{spec.name}.onnx"
-            shutil.copy(onnx_path, staged)
-            log(f"convert: ORT format -> {spec.filename}")
-            dst, cfg_path = to_ort_format(staged, build_dir)
-            extra = {"required_operators_config": Path(cfg_path).name}
-        rec = {"path": Path(dst).name, "format": spec.format, "runtime": spec.runtime,
-               # what the recipe's scheme actually stores (a recipe can turn the target's int8 into 4-bit)
-               "precision": LAYER_PRECISION.get(cfg.layers, spec.precision) if cfg else spec.precision,
-               "quantization": cfg.name if cfg else spec.quantization, "primary": spec.primary, "exporter": io.get("exporter"),
-               "llm_quantization": qinfo, "simplify": io.get("simplify"), "batch_invariant": spec.scheme is None or spec.scheme.batch_invariant,
-               "scheme": spec.scheme.to_json() if spec.scheme else None, **extra}
+    build = CausalLmBuild(loaded, fp32, io, build_dir, work, log, recipe_options or {})
+    records = []
+    for spec in artifacts:
+        path, info = PRODUCERS.get(spec.format)(build, spec)
+        build.produced[(spec.format, spec.precision)] = path
+        rec = build.record(spec, path, info)
         if verify:
-            rec["metrics"] = measure_causal_lm(Path(dst), loaded, texts, target, bench, log)
+            rec["metrics"] = measure_causal_lm(Path(path), loaded, texts, target, bench, log)
         records.append(rec)
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return records
+
+
+class CausalLmBuild:
+    """The KV-cache graph as the build engine's format producers (pipeline.PRODUCERS) lower it: the same onnx /
+    ort / tflite passes as an encoder, with the causal-LM quantizer (tied table kept as one) and the .tflite
+    re-authored by litert-torch from the (maybe compressed) model."""
+
+    def __init__(self, loaded, fp32: Path, io: dict, out: Path, work: Path, log, recipe_options: dict):
+        self.loaded, self.fp32, self.io, self.out, self.work, self.log = loaded, fp32, io, out, work, log
+        self.recipe_options = recipe_options
+        self.produced: dict = {}
+        self.quantized: dict[str, tuple[Path, dict]] = {}  # the causal-LM config's name -> (graph, its info)
+
+    def fp32_onnx(self) -> Path:
+        return self.fp32
+
+    def filename(self, spec) -> str:
+        return spec.filename
+
+    def onnx_info(self) -> dict:
+        return {}
+
+    def quantize(self, src: Path, dst: Path, spec) -> dict:
+        cfg = config_of(spec.scheme)
+        if cfg.name not in self.quantized:  # one quantization per config, shared by the .onnx and the .ort
+            path = self.work / f"{cfg.name}.onnx"
+            self.quantized[cfg.name] = (path, quantize_causal_lm(src, path, cfg))
+        path, info = self.quantized[cfg.name]
+        shutil.copy(path, dst.with_name(dst.name + ".tmp"))
+        os.replace(dst.with_name(dst.name + ".tmp"), dst)
+        return info
+
+    def finish_onnx(self, dst: Path, spec, info: dict) -> None:
+        pass
+
+    def lower_tflite(self, spec, dst: Path) -> dict:
+        return _tflite_artifact(self.loaded, spec, dst, self.work, self.log, self.recipe_options)
+
+    def record(self, spec, path: Path, info: dict) -> dict:
+        """The manifest record of one artifact (its metrics come from verification)."""
+        if spec.format == "tflite":
+            return info
+        cfg = config_of(spec.scheme) if spec.scheme else None
+        extra = {"required_operators_config": info["required_operators_config"]} if "required_operators_config" in info else {}
+        return {"path": Path(path).name, "format": spec.format, "runtime": spec.runtime,
+                # what the recipe's scheme actually stores (a recipe can turn the target's int8 into 4-bit)
+                "precision": LAYER_PRECISION.get(cfg.layers, spec.precision) if cfg else spec.precision,
+                "quantization": cfg.name if cfg else spec.quantization, "primary": spec.primary,
+                "exporter": self.io.get("exporter"),
+                "llm_quantization": self.quantized[cfg.name][1] if cfg else None, "simplify": self.io.get("simplify"),
+                "batch_invariant": spec.scheme is None or spec.scheme.batch_invariant,
+                "scheme": spec.scheme.to_json() if spec.scheme else None, **extra}
 
 
 LAYER_PRECISION = {"q4_1": "int4", "int4": "int4", "int2": "int2", "int8": "int8", "int8-per-channel": "int8",
@@ -220,7 +241,7 @@ def head_is_tied(model) -> bool:
     return head is not None and table is not None and head.weight is table.weight
 
 
-def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, log, recipe_options: dict) -> dict:
+def _tflite_artifact(loaded, spec, dst: Path, work: Path, log, recipe_options: dict) -> dict:
     from .tflite import export_causal_lm_tflite
 
     hf_dir = work / "hf-for-litert"
@@ -237,9 +258,8 @@ def _tflite_artifact(loaded, spec, build_dir: Path, work: Path, log, recipe_opti
     buckets = tuple(recipe_options.get("prefill_buckets") or extra.get("prefill_buckets") or spec.seq_buckets
                     or (32, 128))
     kv_len = _kv_cache_len(loaded, spec)
-    dst = build_dir / spec.filename
     tied = head_is_tied(loaded.model)
-    log(f"convert: litert-torch -> {spec.filename} ({quant}, prefill {list(buckets)}, KV cache {kv_len}, "
+    log(f"convert: litert-torch -> {dst.name} ({quant}, prefill {list(buckets)}, KV cache {kv_len}, "
         f"{'tied' if tied else 'separate'} LM head)")
     info = export_causal_lm_tflite(hf_dir, dst, quant, buckets, kv_len, tied=tied)
     return {"path": dst.name, "format": "tflite", "runtime": spec.runtime,
