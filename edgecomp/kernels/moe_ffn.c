@@ -1,0 +1,637 @@
+/*
+ * edgecomp.MoEFeedForward: a mixture-of-experts feed-forward layer with a dynamic expert count per token,
+ * as an ONNX Runtime custom operator (CPU). Built by edgecomp/kernels/__init__.py into
+ * libedgecomp_ops.so for x86_64 (system cc) and aarch64 (aarch64-linux-gnu-gcc -march=armv8.2-a+dotprod).
+ *
+ * Contract (domain "edgecomp", opset 1; the same as edgecomp.kernels.moe_function_proto's body):
+ *   inputs   0 X [..., H] float; 1 scores [..., E] float (>= 0); 2 W1 [E, D, H] float|int8; 3 S1 [E, D];
+ *            4 B1 [E, D]; 5 W2 [E, H, D] float|int8; 6 S2 [E, H]; 7 B2 [H]
+ *   attrs    threshold (float, tau, default 0), activation ("gelu" exact erf | "gelu_tanh" | "relu"; default gelu)
+ *   output   Y [..., H] = B2 + sum_{e in sel(t)} act(X_t (W1_e*S1_e)^T + B1_e) (W2_e*S2_e)^T,
+ *            sel(t) = {e : scores[t,e] >= tau * max_e' scores[t,e']}: the top expert always runs, tau = 0 is dense.
+ *
+ * How it computes: the tokens that selected expert e are gathered (by row pointer, no copy) and run through
+ * two small GEMMs with the expert's weights reused across 4 tokens at a time.
+ *   float weights: fp32 dot products (the reference path).
+ *   int8 weights (symmetric, zero point 0): X_t is quantized once per token (symmetric int8, scale
+ *     max|X_t|/127) and the hidden activations once per (token, expert) the same way; the products are
+ *     int8 x int8 -> int32 dot products (aarch64: SDOT, vdotq_s32, which needs ARMv8.2 dotprod: Cortex-A55/A76
+ *     and later; x86_64: a portable loop the compiler vectorizes, with an AVX2 clone chosen at load time).
+ *     The result is then dequantized with sx_t * S1[e,d] (first layer) and sh_t * S2[e,o] (second layer).
+ *
+ * No ONNX Runtime header ships with the pip wheel, so the few ABI pieces used are declared here from
+ * onnxruntime_c_api.h, as in edgecomp/bench/native/probe.c: OrtApi entries by index (the table only
+ * grows at its end) and OrtCustomOp's fields in their order up to version 16 (KernelComputeV2, so a
+ * bad input is an ORT error instead of a crash). ORT reads only the fields its `version` promises.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#define EDGECOMP_SDOT 1
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* the int8 dot loops also get an AVX2 build; glibc's ifunc picks one when the library loads */
+#define EDGECOMP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EDGECOMP_CLONES
+#endif
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* ------------------------------------------------------------------------------------------------ */
+/* ONNX Runtime ABI                                                                                  */
+
+typedef struct OrtStatus OrtStatus;
+typedef struct OrtApi OrtApi;
+typedef struct OrtKernelInfo OrtKernelInfo;
+typedef struct OrtKernelContext OrtKernelContext;
+typedef struct OrtValue OrtValue;
+typedef struct OrtSessionOptions OrtSessionOptions;
+typedef struct OrtCustomOpDomain OrtCustomOpDomain;
+typedef struct OrtShapeInferContext OrtShapeInferContext;
+
+typedef struct {
+    const OrtApi *(*GetApi)(uint32_t version);
+    const char *(*GetVersionString)(void);
+} OrtApiBase;
+
+enum { ONNX_UNDEFINED = 0, ONNX_FLOAT = 1, ONNX_INT8 = 3 };
+enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
+
+/* Index of each OrtApi entry used, in onnxruntime_c_api.h's order (0 = CreateStatus). */
+enum {
+    ORT_CreateStatus = 0, ORT_CreateCustomOpDomain = 26, ORT_CustomOpDomain_Add = 27, ORT_AddCustomOpDomain = 28,
+    ORT_GetTensorMutableData = 51, ORT_GetTensorElementType = 60, ORT_GetDimensionsCount = 61,
+    ORT_GetDimensions = 62, ORT_GetTensorTypeAndShape = 65, ORT_KernelInfoGetAttribute_float = 85,
+    ORT_KernelInfoGetAttribute_string = 87, ORT_KernelContext_GetInputCount = 88, ORT_KernelContext_GetInput = 90,
+    ORT_KernelContext_GetOutput = 91, ORT_ReleaseStatus = 93, ORT_ReleaseTensorTypeAndShapeInfo = 99,
+};
+/* API 16 (ORT 1.16) has every entry above and KernelComputeV2; GetApi(16) on a newer ORT returns the table. */
+#define ORT_API_VERSION_USED 16
+
+typedef int OrtCharacteristic; /* INPUT_OUTPUT_REQUIRED = 0 */
+
+/* OrtCustomOp up to the version-16 fields, in ABI order */
+typedef struct OrtCustomOp {
+    uint32_t version;
+    void *(*CreateKernel)(const struct OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info);
+    const char *(*GetName)(const struct OrtCustomOp *op);
+    const char *(*GetExecutionProviderType)(const struct OrtCustomOp *op);
+    int (*GetInputType)(const struct OrtCustomOp *op, size_t index);
+    size_t (*GetInputTypeCount)(const struct OrtCustomOp *op);
+    int (*GetOutputType)(const struct OrtCustomOp *op, size_t index);
+    size_t (*GetOutputTypeCount)(const struct OrtCustomOp *op);
+    void (*KernelCompute)(void *op_kernel, OrtKernelContext *context);
+    void (*KernelDestroy)(void *op_kernel);
+    OrtCharacteristic (*GetInputCharacteristic)(const struct OrtCustomOp *op, size_t index);   /* v8 */
+    OrtCharacteristic (*GetOutputCharacteristic)(const struct OrtCustomOp *op, size_t index);  /* v8 */
+    int (*GetInputMemoryType)(const struct OrtCustomOp *op, size_t index);                     /* v13 */
+    int (*GetVariadicInputMinArity)(const struct OrtCustomOp *op);                             /* v14 */
+    int (*GetVariadicInputHomogeneity)(const struct OrtCustomOp *op);
+    int (*GetVariadicOutputMinArity)(const struct OrtCustomOp *op);
+    int (*GetVariadicOutputHomogeneity)(const struct OrtCustomOp *op);
+    OrtStatus *(*CreateKernelV2)(const struct OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info,
+                                 void **kernel);                                               /* v16 */
+    OrtStatus *(*KernelComputeV2)(void *op_kernel, OrtKernelContext *context);
+    OrtStatus *(*InferOutputShapeFn)(const struct OrtCustomOp *op, OrtShapeInferContext *ctx); /* read from v17 */
+} OrtCustomOp;
+
+static void *const *g_api; /* the OrtApi table as an array of function pointers */
+#define API(type, idx) ((type)g_api[idx])
+typedef OrtStatus *(*status_fn)();
+#define TRY(name, ...)                                                         \
+    do {                                                                       \
+        OrtStatus *s_ = ((status_fn)g_api[ORT_##name])(__VA_ARGS__);          \
+        if (s_) return s_;                                                     \
+    } while (0)
+
+static OrtStatus *fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#include <stdarg.h>
+static OrtStatus *fail(int code, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = snprintf(msg, sizeof msg, "edgecomp.MoEFeedForward: ");
+    vsnprintf(msg + n, sizeof msg - (size_t)n, fmt, ap);
+    va_end(ap);
+    return API(OrtStatus * (*)(int, const char *), ORT_CreateStatus)(code, msg);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* activations: branch-free polynomials so the loops vectorize (libm's erff is a call per element)    */
+
+/* exp(z) for z <= 0 (callers clamp to [-87, 0]): 2^n * p(r), r = z - n ln2, |r| <= ln2/2; rel. error ~2e-7 */
+static inline float exp_neg(float z) {
+    z = z < -87.0f ? -87.0f : z;
+    float n = (float)(int32_t)(z * 1.44269504f - 0.5f); /* round to nearest for z <= 0 (cvttps2dq/fcvtzs) */
+    float r = z - n * 0.693145752f - n * 1.42860677e-6f;
+    float p = 1.98412698e-4f;
+    p = p * r + 1.38888889e-3f;
+    p = p * r + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { float f; int32_t i; } u = {.f = p};
+    u.i += (int32_t)n << 23;
+    return u.f;
+}
+
+/* erf(x): Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7) */
+static inline float erf_approx(float x) {
+    float a = x < 0 ? -x : x;
+    float t = 1.0f / (1.0f + 0.3275911f * a);
+    float y = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+    float e = 1.0f - y * exp_neg(-a * a);
+    return x < 0 ? -e : e;
+}
+
+enum { ACT_GELU, ACT_GELU_TANH, ACT_RELU };
+
+static void activate(float *h, size_t n, int act) {
+    if (act == ACT_RELU) {
+        for (size_t i = 0; i < n; i++) h[i] = h[i] > 0 ? h[i] : 0;
+    } else if (act == ACT_GELU) {
+        for (size_t i = 0; i < n; i++) h[i] = 0.5f * h[i] * (1.0f + erf_approx(h[i] * 0.70710678f));
+    } else {
+        /* 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3); exp of -|2u| only */
+        for (size_t i = 0; i < n; i++) {
+            float x = h[i];
+            float u2 = 1.59576912f * (x + 0.044715f * x * x * x);
+            float e = exp_neg(u2 < 0 ? u2 : -u2);
+            float s = u2 < 0 ? e / (1.0f + e) : 1.0f / (1.0f + e);
+            h[i] = x * s;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* dot-product tiles: C[i][j] = sum_k A_i[k] * B_j[k] for 4 rows A (token rows, by pointer) and      */
+/* rows B (weight rows, contiguous with stride ldb); the weight row is read once per 4 tokens.         */
+
+static void tile_f32(const float *const a[4], const float *b, size_t ldb, size_t n, size_t k, float *c, size_t ldc) {
+    size_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+        const float *b0 = b + j * ldb, *b1 = b0 + ldb;
+        float acc[8][8] = {{0}};
+        size_t p = 0;
+        for (; p + 8 <= k; p += 8)
+            for (int l = 0; l < 8; l++) {
+                acc[0][l] += a[0][p + l] * b0[p + l];
+                acc[1][l] += a[1][p + l] * b0[p + l];
+                acc[2][l] += a[2][p + l] * b0[p + l];
+                acc[3][l] += a[3][p + l] * b0[p + l];
+                acc[4][l] += a[0][p + l] * b1[p + l];
+                acc[5][l] += a[1][p + l] * b1[p + l];
+                acc[6][l] += a[2][p + l] * b1[p + l];
+                acc[7][l] += a[3][p + l] * b1[p + l];
+            }
+        float s[8];
+        for (int r = 0; r < 8; r++) {
+            s[r] = 0;
+            for (int l = 0; l < 8; l++) s[r] += acc[r][l];
+        }
+        for (; p < k; p++)
+            for (int i = 0; i < 4; i++) {
+                s[i] += a[i][p] * b0[p];
+                s[4 + i] += a[i][p] * b1[p];
+            }
+        for (int i = 0; i < 4; i++) {
+            c[i * ldc + j] = s[i];
+            c[i * ldc + j + 1] = s[4 + i];
+        }
+    }
+    for (; j < n; j++) {
+        const float *b0 = b + j * ldb;
+        for (int i = 0; i < 4; i++) {
+            float s = 0;
+            for (size_t p = 0; p < k; p++) s += a[i][p] * b0[p];
+            c[i * ldc + j] = s;
+        }
+    }
+}
+
+#ifdef EDGECOMP_SDOT
+/* 4 tokens x 4 weight rows per step of 16 k: 8 loads, 16 SDOT; the 16 accumulators are reduced once */
+static void tile_i8(const int8_t *const a[4], const int8_t *b, size_t ldb, size_t n, size_t k, int32_t *c, size_t ldc) {
+    size_t j = 0;
+    size_t k16 = k & ~(size_t)15;
+    for (; j + 4 <= n; j += 4) {
+        const int8_t *b0 = b + j * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+        int32x4_t c00 = vdupq_n_s32(0), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+        int32x4_t c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+        for (size_t p = 0; p < k16; p += 16) {
+            int8x16_t w0 = vld1q_s8(b0 + p), w1 = vld1q_s8(b1 + p), w2 = vld1q_s8(b2 + p), w3 = vld1q_s8(b3 + p);
+            int8x16_t x0 = vld1q_s8(a[0] + p), x1 = vld1q_s8(a[1] + p), x2 = vld1q_s8(a[2] + p), x3 = vld1q_s8(a[3] + p);
+            c00 = vdotq_s32(c00, x0, w0); c01 = vdotq_s32(c01, x0, w1); c02 = vdotq_s32(c02, x0, w2); c03 = vdotq_s32(c03, x0, w3);
+            c10 = vdotq_s32(c10, x1, w0); c11 = vdotq_s32(c11, x1, w1); c12 = vdotq_s32(c12, x1, w2); c13 = vdotq_s32(c13, x1, w3);
+            c20 = vdotq_s32(c20, x2, w0); c21 = vdotq_s32(c21, x2, w1); c22 = vdotq_s32(c22, x2, w2); c23 = vdotq_s32(c23, x2, w3);
+            c30 = vdotq_s32(c30, x3, w0); c31 = vdotq_s32(c31, x3, w1); c32 = vdotq_s32(c32, x3, w2); c33 = vdotq_s32(c33, x3, w3);
+        }
+        /* pairwise adds turn 4 accumulators (one per weight row) into the 4 row sums of one token */
+        int32x4_t r0 = vpaddq_s32(vpaddq_s32(c00, c01), vpaddq_s32(c02, c03));
+        int32x4_t r1 = vpaddq_s32(vpaddq_s32(c10, c11), vpaddq_s32(c12, c13));
+        int32x4_t r2 = vpaddq_s32(vpaddq_s32(c20, c21), vpaddq_s32(c22, c23));
+        int32x4_t r3 = vpaddq_s32(vpaddq_s32(c30, c31), vpaddq_s32(c32, c33));
+        if (k16 < k) {
+            int32_t t[4][4] = {{0}};
+            for (size_t p = k16; p < k; p++)
+                for (int i = 0; i < 4; i++) {
+                    t[i][0] += a[i][p] * b0[p]; t[i][1] += a[i][p] * b1[p];
+                    t[i][2] += a[i][p] * b2[p]; t[i][3] += a[i][p] * b3[p];
+                }
+            r0 = vaddq_s32(r0, vld1q_s32(t[0])); r1 = vaddq_s32(r1, vld1q_s32(t[1]));
+            r2 = vaddq_s32(r2, vld1q_s32(t[2])); r3 = vaddq_s32(r3, vld1q_s32(t[3]));
+        }
+        vst1q_s32(c + j, r0);
+        vst1q_s32(c + ldc + j, r1);
+        vst1q_s32(c + 2 * ldc + j, r2);
+        vst1q_s32(c + 3 * ldc + j, r3);
+    }
+    for (; j < n; j++) {
+        const int8_t *b0 = b + j * ldb;
+        int32x4_t s0 = vdupq_n_s32(0), s1 = s0, s2 = s0, s3 = s0;
+        for (size_t p = 0; p < k16; p += 16) {
+            int8x16_t w = vld1q_s8(b0 + p);
+            s0 = vdotq_s32(s0, vld1q_s8(a[0] + p), w); s1 = vdotq_s32(s1, vld1q_s8(a[1] + p), w);
+            s2 = vdotq_s32(s2, vld1q_s8(a[2] + p), w); s3 = vdotq_s32(s3, vld1q_s8(a[3] + p), w);
+        }
+        int32_t t[4] = {vaddvq_s32(s0), vaddvq_s32(s1), vaddvq_s32(s2), vaddvq_s32(s3)};
+        for (size_t p = k16; p < k; p++)
+            for (int i = 0; i < 4; i++) t[i] += a[i][p] * b0[p];
+        for (int i = 0; i < 4; i++) c[i * ldc + j] = t[i];
+    }
+}
+#else
+/* portable: int8 x int8 -> int32 lanes the compiler vectorizes (pmaddwd on x86) */
+EDGECOMP_CLONES
+static void tile_i8(const int8_t *const a[4], const int8_t *b, size_t ldb, size_t n, size_t k, int32_t *c, size_t ldc) {
+    const int8_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+    for (size_t j = 0; j < n; j++) {
+        const int8_t *b0 = b + j * ldb;
+        int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t p = 0; p < k; p++) {
+            int32_t w = b0[p];
+            s0 += a0[p] * w;
+            s1 += a1[p] * w;
+            s2 += a2[p] * w;
+            s3 += a3[p] * w;
+        }
+        c[j] = s0;
+        c[ldc + j] = s1;
+        c[2 * ldc + j] = s2;
+        c[3 * ldc + j] = s3;
+    }
+}
+#endif
+
+/* symmetric per-row int8: q = round_half_even(x / s), s = max|x| / 127 (0 for an all-zero row) */
+static float quantize_row(const float *x, size_t n, int8_t *q) {
+    float amax = 0;
+    for (size_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        amax = a > amax ? a : amax;
+    }
+    if (amax == 0) {
+        memset(q, 0, n);
+        return 0;
+    }
+    float inv = 127.0f / amax;
+    size_t i = 0;
+#ifdef __aarch64__
+    float32x4_t vinv = vdupq_n_f32(inv);
+    for (; i + 8 <= n; i += 8) {
+        int32x4_t l = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x + i), vinv));
+        int32x4_t h = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x + i + 4), vinv));
+        int16x8_t s = vcombine_s16(vqmovn_s32(l), vqmovn_s32(h));
+        vst1_s8(q + i, vqmovn_s16(s));
+    }
+#endif
+    for (; i < n; i++) {
+        float v = nearbyintf(x[i] * inv);
+        q[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    }
+    return amax / 127.0f;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* the operator                                                                                      */
+
+typedef struct {
+    float threshold;
+    int activation;
+} kernel_t;
+
+typedef struct {
+    const OrtValue *v;
+    int type;
+    size_t rank;
+    int64_t dims[8];
+    void *data;
+} input_t;
+
+static OrtStatus *get_input(OrtKernelContext *ctx, size_t i, input_t *in) {
+    void *info = NULL;
+    TRY(KernelContext_GetInput, ctx, i, &in->v);
+    if (!in->v) return fail(ORT_INVALID_ARGUMENT, "input %zu is missing", i);
+    TRY(GetTensorTypeAndShape, in->v, &info);
+    OrtStatus *s = ((status_fn)g_api[ORT_GetTensorElementType])(info, &in->type);
+    if (!s) s = ((status_fn)g_api[ORT_GetDimensionsCount])(info, &in->rank);
+    if (!s && in->rank > 8) s = fail(ORT_INVALID_ARGUMENT, "input %zu has rank %zu (at most 8)", i, in->rank);
+    if (!s) s = ((status_fn)g_api[ORT_GetDimensions])(info, in->dims, in->rank);
+    API(void (*)(void *), ORT_ReleaseTensorTypeAndShapeInfo)(info);
+    if (s) return s;
+    TRY(GetTensorMutableData, (OrtValue *)in->v, &in->data);
+    return NULL;
+}
+
+static const char *INPUT_NAMES[8] = {"X", "scores", "W1", "S1", "B1", "W2", "S2", "B2"};
+
+static OrtStatus *check_shape(const input_t *in, int idx, size_t rank, const int64_t *want) {
+    int ok = in->rank == rank;
+    for (size_t d = 0; ok && d < rank; d++) ok = in->dims[d] == want[d];
+    if (ok) return NULL;
+    char got[128] = "", exp[128] = "";
+    for (size_t d = 0; d < in->rank; d++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? "," : "", (long long)in->dims[d]);
+    for (size_t d = 0; d < rank; d++) snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s%lld", d ? "," : "", (long long)want[d]);
+    return fail(ORT_INVALID_ARGUMENT, "input %s has shape [%s], expected [%s]", INPUT_NAMES[idx], got, exp);
+}
+
+/* per-expert token lists: sel[off[e] .. off[e+1]) are the tokens that run expert e */
+static void select_experts(const float *scores, size_t T, size_t E, float tau, size_t *off, int32_t *sel) {
+    memset(off, 0, (E + 1) * sizeof *off);
+    for (size_t t = 0; t < T; t++) {
+        const float *s = scores + t * E;
+        float m = s[0];
+        for (size_t e = 1; e < E; e++) m = s[e] > m ? s[e] : m;
+        float cut = tau * m;
+        for (size_t e = 0; e < E; e++) off[e + 1] += s[e] >= cut;
+    }
+    for (size_t e = 0; e < E; e++) off[e + 1] += off[e];
+    size_t *fill = malloc(E * sizeof *fill);
+    memcpy(fill, off, E * sizeof *fill);
+    for (size_t t = 0; t < T; t++) {
+        const float *s = scores + t * E;
+        float m = s[0];
+        for (size_t e = 1; e < E; e++) m = s[e] > m ? s[e] : m;
+        float cut = tau * m;
+        for (size_t e = 0; e < E; e++)
+            if (s[e] >= cut) sel[fill[e]++] = (int32_t)t;
+    }
+    free(fill);
+}
+
+static void run_float(const kernel_t *k, const float *X, size_t T, size_t H, size_t E, size_t D, const size_t *off,
+                      const int32_t *sel, const float *W1, const float *S1, const float *B1, const float *W2,
+                      const float *S2, float *Y) {
+    size_t maxn = 0;
+    for (size_t e = 0; e < E; e++) maxn = off[e + 1] - off[e] > maxn ? off[e + 1] - off[e] : maxn;
+    size_t cap = (maxn + 3) & ~(size_t)3;
+    float *zero = calloc(H > D ? H : D, sizeof(float));
+    float *hid = malloc(cap * D * sizeof(float) + 16);
+    float *out = malloc(4 * H * sizeof(float) + 16);
+    for (size_t e = 0; e < E; e++) {
+        size_t n = off[e + 1] - off[e];
+        if (!n) continue;
+        const int32_t *tok = sel + off[e];
+        const float *w1 = W1 + e * D * H, *w2 = W2 + e * H * D, *s1 = S1 + e * D, *b1 = B1 + e * D, *s2 = S2 + e * H;
+        for (size_t i = 0; i < n; i += 4) {
+            const float *rows[4];
+            for (int r = 0; r < 4; r++) rows[r] = i + r < n ? X + (size_t)tok[i + r] * H : zero;
+            tile_f32(rows, w1, H, D, H, hid + i * D, D);
+        }
+        for (size_t i = 0; i < n; i++) {
+            float *h = hid + i * D;
+            for (size_t d = 0; d < D; d++) h[d] = h[d] * s1[d] + b1[d];
+            activate(h, D, k->activation);
+        }
+        for (size_t i = 0; i < n; i += 4) {
+            const float *rows[4];
+            for (int r = 0; r < 4; r++) rows[r] = i + r < n ? hid + (i + r) * D : zero;
+            tile_f32(rows, w2, D, H, D, out, H);
+            for (int r = 0; r < 4 && i + r < n; r++) {
+                float *y = Y + (size_t)tok[i + r] * H;
+                const float *o = out + r * H;
+                for (size_t j = 0; j < H; j++) y[j] += o[j] * s2[j];
+            }
+        }
+    }
+    free(zero);
+    free(hid);
+    free(out);
+}
+
+static void run_int8(const kernel_t *k, const float *X, size_t T, size_t H, size_t E, size_t D, const size_t *off,
+                     const int32_t *sel, const int8_t *W1, const float *S1, const float *B1, const int8_t *W2,
+                     const float *S2, float *Y) {
+    size_t maxn = 0;
+    for (size_t e = 0; e < E; e++) maxn = off[e + 1] - off[e] > maxn ? off[e + 1] - off[e] : maxn;
+    size_t cap = (maxn + 3) & ~(size_t)3;
+    int8_t *xq = malloc(T * H + 16);
+    float *sx = malloc(T * sizeof(float) + 16);
+    for (size_t t = 0; t < T; t++) sx[t] = quantize_row(X + t * H, H, xq + t * H);
+    int8_t *zero = calloc(H > D ? H : D, 1);
+    int32_t *acc = malloc(cap * (D > H ? D : H) * sizeof(int32_t) + 16);
+    float *hid = malloc(D * sizeof(float) + 16);
+    int8_t *hq = malloc(cap * D + 16);
+    float *sh = malloc(cap * sizeof(float) + 16);
+    for (size_t e = 0; e < E; e++) {
+        size_t n = off[e + 1] - off[e];
+        if (!n) continue;
+        const int32_t *tok = sel + off[e];
+        const int8_t *w1 = W1 + e * D * H, *w2 = W2 + e * H * D;
+        const float *s1 = S1 + e * D, *b1 = B1 + e * D, *s2 = S2 + e * H;
+        for (size_t i = 0; i < n; i += 4) {
+            const int8_t *rows[4];
+            for (int r = 0; r < 4; r++) rows[r] = i + r < n ? xq + (size_t)tok[i + r] * H : zero;
+            tile_i8(rows, w1, H, D, H, acc + i * D, D);
+        }
+        /* dequantize, bias, activation, requantize per (token, expert) */
+        for (size_t i = 0; i < n; i++) {
+            const int32_t *a = acc + i * D;
+            float s = sx[tok[i]];
+            for (size_t d = 0; d < D; d++) hid[d] = (float)a[d] * (s * s1[d]) + b1[d];
+            activate(hid, D, k->activation);
+            sh[i] = quantize_row(hid, D, hq + i * D);
+        }
+        for (size_t i = n; i < ((n + 3) & ~(size_t)3); i++) memset(hq + i * D, 0, D);
+        for (size_t i = 0; i < n; i += 4) {
+            const int8_t *rows[4] = {hq + i * D, hq + (i + 1) * D, hq + (i + 2) * D, hq + (i + 3) * D};
+            tile_i8(rows, w2, D, H, D, acc, H);
+            for (int r = 0; r < 4 && i + r < n; r++) {
+                float *y = Y + (size_t)tok[i + r] * H;
+                const int32_t *a = acc + r * H;
+                float s = sh[i + r];
+                for (size_t j = 0; j < H; j++) y[j] += (float)a[j] * (s * s2[j]);
+            }
+        }
+    }
+    free(xq);
+    free(sx);
+    free(zero);
+    free(acc);
+    free(hid);
+    free(hq);
+    free(sh);
+}
+
+static OrtStatus *compute(void *op_kernel, OrtKernelContext *ctx) {
+    const kernel_t *k = op_kernel;
+    input_t in[8];
+    size_t count = 0;
+    TRY(KernelContext_GetInputCount, ctx, &count);
+    if (count != 8) return fail(ORT_INVALID_ARGUMENT, "expects 8 inputs, got %zu", count);
+    for (size_t i = 0; i < 8; i++) {
+        OrtStatus *s = get_input(ctx, i, &in[i]);
+        if (s) return s;
+        int int8_ok = i == 2 || i == 5;
+        if (in[i].type != ONNX_FLOAT && !(int8_ok && in[i].type == ONNX_INT8))
+            return fail(ORT_INVALID_ARGUMENT, "input %s has element type %d (float%s expected)", INPUT_NAMES[i],
+                        in[i].type, int8_ok ? " or int8" : "");
+    }
+    if (in[2].type != in[5].type) return fail(ORT_INVALID_ARGUMENT, "W1 and W2 must have the same element type");
+    if (in[0].rank < 1 || in[2].rank != 3)
+        return fail(ORT_INVALID_ARGUMENT, "X must have rank >= 1 and W1 rank 3 ([E, D, H])");
+    size_t E = (size_t)in[2].dims[0], D = (size_t)in[2].dims[1], H = (size_t)in[2].dims[2];
+    size_t rank = in[0].rank, T = 1;
+    for (size_t d = 0; d + 1 < rank; d++) T *= (size_t)in[0].dims[d];
+    int64_t want[8];
+    memcpy(want, in[0].dims, sizeof want);
+    want[rank - 1] = (int64_t)H;
+    OrtStatus *s = check_shape(&in[0], 0, rank, want);
+    want[rank - 1] = (int64_t)E;
+    if (!s) s = check_shape(&in[1], 1, rank, want);
+    int64_t ed[2] = {(int64_t)E, (int64_t)D}, ehd[3] = {(int64_t)E, (int64_t)H, (int64_t)D}, eh[2] = {(int64_t)E, (int64_t)H},
+            h[1] = {(int64_t)H};
+    if (!s) s = check_shape(&in[3], 3, 2, ed);
+    if (!s) s = check_shape(&in[4], 4, 2, ed);
+    if (!s) s = check_shape(&in[5], 5, 3, ehd);
+    if (!s) s = check_shape(&in[6], 6, 2, eh);
+    if (!s) s = check_shape(&in[7], 7, 1, h);
+    if (s) return s;
+    if (E == 0) return fail(ORT_INVALID_ARGUMENT, "W1 has no experts (E = 0)");
+
+    OrtValue *out = NULL;
+    int64_t odims[8];
+    memcpy(odims, in[0].dims, sizeof odims);
+    TRY(KernelContext_GetOutput, ctx, 0, odims, rank, &out);
+    float *Y = NULL;
+    TRY(GetTensorMutableData, out, (void **)&Y);
+    const float *B2 = in[7].data;
+    for (size_t t = 0; t < T; t++) memcpy(Y + t * H, B2, H * sizeof(float));
+    if (T == 0 || H == 0 || D == 0) return NULL;
+
+    size_t *off = malloc((E + 1) * sizeof *off);
+    int32_t *sel = malloc(T * E * sizeof *sel + 16);
+    select_experts(in[1].data, T, E, k->threshold, off, sel);
+    if (in[2].type == ONNX_FLOAT)
+        run_float(k, in[0].data, T, H, E, D, off, sel, in[2].data, in[3].data, in[4].data, in[5].data, in[6].data, Y);
+    else
+        run_int8(k, in[0].data, T, H, E, D, off, sel, in[2].data, in[3].data, in[4].data, in[5].data, in[6].data, Y);
+    free(off);
+    free(sel);
+    return NULL;
+}
+
+static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
+    (void)op;
+    (void)api;
+    kernel_t *k = calloc(1, sizeof *k);
+    float tau = 0;
+    OrtStatus *s = ((status_fn)g_api[ORT_KernelInfoGetAttribute_float])(info, "threshold", &tau);
+    if (s) { /* absent: the default */
+        API(void (*)(OrtStatus *), ORT_ReleaseStatus)(s);
+        tau = 0;
+    }
+    char act[32] = "gelu";
+    size_t size = sizeof act;
+    s = ((status_fn)g_api[ORT_KernelInfoGetAttribute_string])(info, "activation", act, &size);
+    if (s) {
+        API(void (*)(OrtStatus *), ORT_ReleaseStatus)(s);
+        if (size > sizeof act) { /* present but longer than any known name */
+            free(k);
+            return fail(ORT_INVALID_ARGUMENT, "activation attribute is too long (use gelu, gelu_tanh or relu)");
+        }
+        snprintf(act, sizeof act, "gelu");
+    }
+    if (!strcmp(act, "gelu")) k->activation = ACT_GELU;
+    else if (!strcmp(act, "gelu_tanh")) k->activation = ACT_GELU_TANH;
+    else if (!strcmp(act, "relu")) k->activation = ACT_RELU;
+    else {
+        free(k);
+        return fail(ORT_INVALID_ARGUMENT, "activation \"%s\" is not one of gelu, gelu_tanh, relu", act);
+    }
+    if (!(tau >= 0 && tau <= 1)) {
+        free(k);
+        return fail(ORT_INVALID_ARGUMENT, "threshold %g is outside [0, 1]", (double)tau);
+    }
+    k->threshold = tau;
+    *out = k;
+    return NULL;
+}
+
+static void destroy_kernel(void *k) { free(k); }
+static const char *op_name(const OrtCustomOp *op) { (void)op; return "MoEFeedForward"; }
+static const char *op_provider(const OrtCustomOp *op) { (void)op; return NULL; /* CPU */ }
+static int input_type(const OrtCustomOp *op, size_t i) { (void)op; return i == 2 || i == 5 ? ONNX_UNDEFINED : ONNX_FLOAT; }
+static size_t input_count(const OrtCustomOp *op) { (void)op; return 8; }
+static int output_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return ONNX_FLOAT; }
+static size_t output_count(const OrtCustomOp *op) { (void)op; return 1; }
+static OrtCharacteristic required(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; }
+static int default_memory(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; /* OrtMemTypeDefault */ }
+static int one(const OrtCustomOp *op) { (void)op; return 1; }
+
+static OrtCustomOp g_op = {
+    .version = ORT_API_VERSION_USED,
+    .CreateKernel = NULL, /* CreateKernelV2 is used from version 16 */
+    .GetName = op_name,
+    .GetExecutionProviderType = op_provider,
+    .GetInputType = input_type,
+    .GetInputTypeCount = input_count,
+    .GetOutputType = output_type,
+    .GetOutputTypeCount = output_count,
+    .KernelCompute = NULL,
+    .KernelDestroy = destroy_kernel,
+    .GetInputCharacteristic = required,
+    .GetOutputCharacteristic = required,
+    .GetInputMemoryType = default_memory,
+    .GetVariadicInputMinArity = one,
+    .GetVariadicInputHomogeneity = one,
+    .GetVariadicOutputMinArity = one,
+    .GetVariadicOutputHomogeneity = one,
+    .CreateKernelV2 = create_kernel,
+    .KernelComputeV2 = compute,
+    .InferOutputShapeFn = NULL,
+};
+
+/* The entry point SessionOptions.register_custom_ops_library (RegisterCustomOpsLibrary*) calls. */
+EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
+    g_api = (void *const *)base->GetApi(ORT_API_VERSION_USED);
+    if (!g_api) return NULL; /* an ONNX Runtime older than 1.16: no status can be made; it fails on the first node */
+    OrtCustomOpDomain *domain = NULL;
+    TRY(CreateCustomOpDomain, "edgecomp", &domain);
+    TRY(CustomOpDomain_Add, domain, &g_op);
+    TRY(AddCustomOpDomain, options, domain);
+    return NULL;
+}
+
+/* For tests and the benchmark: the kernel's compiled paths ("sdot" | "portable", plus the x86 clones). */
+EXPORT const char *EdgecompKernelInfo(void) {
+#ifdef EDGECOMP_SDOT
+    return "int8: aarch64 sdot (vdotq_s32); float: portable";
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    return "int8: portable (avx2 clone chosen at load time when the CPU has it); float: portable";
+#else
+    return "int8: portable; float: portable";
+#endif
+}
