@@ -49,7 +49,9 @@ FLAGS = {
     "x86_64": ["-O3"],
     "aarch64": ["-O3", "-march=armv8.2-a+dotprod"],
 }
-COMMON_FLAGS = ["-std=gnu11", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden"]
+# no errno / trap semantics for float math: lets the activation loops vectorize (selects instead of branches);
+# no reassociation (not -ffast-math), so the float path sums in its written order
+COMMON_FLAGS = ["-std=gnu11", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math"]
 
 
 def _host_machine() -> str:
