@@ -273,3 +273,12 @@ def main() -> None:
             print(build_custom_ops(m, force=a.force))
     except EdgecompError as e:
         raise SystemExit(f"error: {e}")
+
+
+def kernel_info(library: Path) -> str:
+    """What the library at ``library`` compiled its int8 path to (its exported EdgecompKernelInfo)."""
+    import ctypes
+
+    fn = ctypes.CDLL(str(library)).EdgecompKernelInfo
+    fn.restype = ctypes.c_char_p
+    return fn().decode()

@@ -110,3 +110,78 @@ def fraction_scores(tokens: int, experts: int, active: int, seed: int = 0) -> np
     for t in range(tokens):
         s[t, rng.choice(experts, size=active, replace=False)] = 1.0
     return s[None]
+
+
+def run_benchmark(work: Path, hidden: int = 384, ffn: int = 1536, experts: tuple[int, ...] = (16, 32),
+                  fractions: tuple[float, ...] = (1.0, 0.5, 0.3, 0.2), seq: int = 128, x86_runs: int = 30,
+                  arm_runs: int = 2, arm: bool = True, seed: int = 0) -> dict:
+    """Every configuration through the native probe (bench/native.py): x86 latency (median of ``x86_runs``,
+    1 thread) and, under qemu Cortex-A76, guest instructions per inference (median of ``arm_runs``).
+    The probe registers the library from the graph's session options (custom_ops), as an app would."""
+    import onnx
+
+    from ..bench.native import arm64_native_block, native_block
+    from ..runtime.options import session_options
+    from . import build_custom_ops, kernel_info, moe_reference
+
+    work.mkdir(parents=True, exist_ok=True)
+    w = ffn_weights(hidden, ffn, seed)
+    x = np.random.default_rng(seed + 1).standard_normal((1, seq, hidden)).astype(np.float32)
+    build_custom_ops()
+    if arm:
+        build_custom_ops("aarch64")
+    rows = []
+
+    def measure(name: str, path: Path, feeds: dict, options: dict | None = None, **info) -> np.ndarray:
+        opts = session_options(path) if options is None else options
+        block, outs = native_block(path, feeds, threads=1, runs=x86_runs, warmup=2, options=opts)
+        row = {"config": name, **info, "session_options": opts, "x86_latency_ms_p50": block["latency_ms"]["p50"],
+               "x86_latency_ms_p90": block["latency_ms"]["p90"], "file_mb": round(path.stat().st_size / 2**20, 2)}
+        if arm:
+            ablock, aouts = arm64_native_block(path, feeds, runs=arm_runs, options=opts)
+            row["arm_instructions"] = ablock["instructions_per_inference"]
+            g, c = aouts["Y"].reshape(-1, hidden).astype(np.float64), outs["Y"].reshape(-1, hidden).astype(np.float64)
+            row["arm_cos_min_vs_x86"] = round(float(((g * c).sum(1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(c, axis=1))).min()), 6)
+        rows.append(row)
+        return outs["Y"]
+
+    fp32 = work / "dense_fp32.onnx"
+    dense = dense_int8_model(w, work)  # writes dense_fp32.onnx too
+    y_fp32 = measure("dense fp32 (MatMul)", fp32, {"X": x}, experts=None, active=None)
+    y_int8 = measure("dense int8 (DynamicQuantizeLinear + MatMulInteger)", dense, {"X": x}, experts=None, active=None)
+    fidelity = {"dense_int8_vs_fp32_cos_min": _cos_min(y_int8, y_fp32)}
+    for e in experts:
+        ew = expert_weights(w, e, int8=True)
+        kernel_path, body_path = work / f"moe_e{e}_kernel.onnx", work / f"moe_e{e}_function.onnx"
+        onnx.save(moe_model(ew), kernel_path)
+        onnx.save(moe_model(ew, fallback=True), body_path)
+        for f in fractions:
+            k = max(1, round(f * e))
+            feeds = {"X": x, "scores": fraction_scores(seq, e, k, seed)}
+            y = measure(f"kernel E={e} {k}/{e} experts", kernel_path, feeds, experts=e, active=k)
+            ref = moe_reference(x, feeds["scores"], *ew, threshold=0.5, quantize_activations=True)
+            rows[-1]["rel_err_vs_reference"] = float(f"{np.abs(y - ref).max() / np.abs(ref).max():.3g}")
+            if k == e:
+                fidelity[f"kernel_e{e}_all_experts_vs_dense_int8_cos_min"] = _cos_min(y, y_int8)
+                fidelity[f"kernel_e{e}_all_experts_vs_fp32_cos_min"] = _cos_min(y, y_fp32)
+        # the standard-op body, without the library (options={}: nothing registers it, ORT inlines the function)
+        k = max(1, round(fractions[-1] * e))
+        feeds = {"X": x, "scores": fraction_scores(seq, e, k, seed)}
+        measure(f"function body E={e} (standard ops, {k}/{e} selected)", body_path, feeds, options={}, experts=e, active=k)
+    base = next(r for r in rows if r["config"].startswith("dense int8"))
+    for r in rows:
+        r["x86_latency_vs_dense_int8"] = round(r["x86_latency_ms_p50"] / base["x86_latency_ms_p50"], 3)
+        if arm:
+            r["arm_instructions_vs_dense_int8"] = round(r["arm_instructions"] / base["arm_instructions"], 3)
+    import onnxruntime
+
+    return {"shape": {"hidden": hidden, "ffn": ffn, "seq": seq, "batch": 1}, "threads": 1,
+            "onnxruntime": onnxruntime.__version__, "emulated_cpu": "cortex-a76" if arm else None,
+            "kernel_paths": {"x86_64": kernel_info(build_custom_ops()),
+                             **({"aarch64": "int8: aarch64 sdot by lane (vdotq_laneq_s32, packed weights); float: portable"} if arm else {})},
+            "fidelity": fidelity, "rows": rows}
+
+
+def _cos_min(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return round(float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min()), 6)
