@@ -289,3 +289,18 @@ def test_aarch64_kernel_under_qemu(library, tmp_path, int8):
         assert block["instructions_per_inference"] > 0
         want = moe_reference(x, scores, *w, threshold=tau, activation=act, quantize_activations=int8)
         assert rel_err(outs["Y"], want) < (1e-2 if int8 else 1e-4), (tau, act)
+
+
+def test_int8_portable_path_equals_the_simd_path(library, monkeypatch):
+    """x86 runs int8 on AVX-512 VNNI when the CPU has it, else the portable loop (EDGECOMP_KERNEL_PORTABLE=1
+    forces it): both round the same way and sum integers exactly, so they agree to float rounding."""
+    lead, H, D, E = (3, 11), 40, 20, 6
+    rng = np.random.default_rng(9)
+    w = make_weights(rng, E, D, H, int8=True)
+    x, scores = inputs(rng, lead, H, E)
+    model = make_model(w, lead, 0.3, "gelu")
+    simd = session(model, True).run(None, {"X": x, "scores": scores})[0]
+    monkeypatch.setenv("EDGECOMP_KERNEL_PORTABLE", "1")
+    portable = session(model, True).run(None, {"X": x, "scores": scores})[0]
+    assert rel_err(portable, simd) < 1e-5
+    assert rel_err(portable, moe_reference(x, scores, *w, threshold=0.3, quantize_activations=True)) < 1e-2

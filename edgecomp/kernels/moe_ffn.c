@@ -15,8 +15,11 @@
  *   float weights: fp32 dot products (the reference path).
  *   int8 weights (symmetric, zero point 0): X_t is quantized once per token (symmetric int8, scale
  *     max|X_t|/127) and the hidden activations once per (token, expert) the same way; the products are
- *     int8 x int8 -> int32 dot products (aarch64: SDOT, vdotq_s32, which needs ARMv8.2 dotprod: Cortex-A55/A76
- *     and later; x86_64: a portable loop the compiler vectorizes, with an AVX2 clone chosen at load time).
+ *     int8 x int8 -> int32 dot products over weights repacked once (cached across runs) into the tiles' order:
+ *     aarch64: SDOT by lane (vdotq_laneq_s32), which needs ARMv8.2 dotprod (Cortex-A55/A76 and later; the
+ *     library is built with -march=armv8.2-a+dotprod); x86_64: AVX-512 VNNI (vpdpbusd on x + 128, corrected
+ *     by 128 * the weight row sums) when cpuid has it, else a portable loop the compiler vectorizes (with an
+ *     AVX2 clone); EDGECOMP_KERNEL_PORTABLE=1 forces the portable loop (tests compare the two).
  *     The result is then dequantized with sx_t * S1[e,d] (first layer) and sh_t * S2[e,o] (second layer).
  *
  * No ONNX Runtime header ships with the pip wheel, so the few ABI pieces used are declared here from
@@ -39,8 +42,14 @@
 #include <arm_neon.h>
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* AVX-512 VNNI (vpdpbusd) tiles, compiled for that ISA only and chosen at run time (cpuid) */
+#include <immintrin.h>
+#define EDGECOMP_VNNI 1
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#endif
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-/* the int8 dot loops also get an AVX2 build; glibc's ifunc picks one when the library loads */
+/* the portable int8 dot loops also get an AVX2 build; glibc's ifunc picks one when the library loads */
 #define EDGECOMP_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define EDGECOMP_CLONES
@@ -130,9 +139,12 @@ static OrtStatus *fail(int code, const char *fmt, ...) {
 /* ------------------------------------------------------------------------------------------------ */
 /* activations: branch-free polynomials so the loops vectorize (libm's erff is a call per element)    */
 
-/* exp(z) for z <= 0 (callers clamp to [-87, 0]): 2^n * p(r), r = z - n ln2, |r| <= ln2/2; rel. error ~2e-7 */
+/* exp(z) for z <= 0: 2^n * p(r), r = z - n ln2, |r| <= ln2/2; rel. error ~2e-7. z is clamped at -80
+ * (exp = 1.8e-35): results stay normal floats (denormals cost ~100 cycles each on x86), and every caller
+ * adds the result to 1 or multiplies it by < 1, where it is already below float resolution. A compare and
+ * select, not fmaxf: x86's fmaxf is a libm call that stops the loop from vectorizing. */
 static inline float exp_neg(float z) {
-    z = fmaxf(z, -87.0f);
+    z = z < -80.0f ? -80.0f : z;
     float n = (float)(int32_t)(z * 1.44269504f - 0.5f); /* round to nearest for z <= 0 (cvttps2dq/fcvtzs) */
     float r = z - n * 0.693145752f - n * 1.42860677e-6f;
     float p = 1.98412698e-4f;
@@ -286,7 +298,8 @@ typedef struct {
     const void *w1, *w2;
     size_t E, D, H;
     uint64_t f1, f2;
-    int8_t *p1, *p2; /* packed W1 [E][Dp/16][Hp/16][256], W2 [E][Hp/16][Dp/16][256] */
+    int8_t *p1, *p2;   /* packed W1 [E][D rows][H], W2 [E][H rows][D] in the tiles' order (pack_rows) */
+    int32_t *rs1, *rs2; /* their row sums (x86: the unsigned-activation correction) */
 } packed_t;
 
 typedef struct {
@@ -451,16 +464,15 @@ static void run_int8(const kernel_t *k, const float *X, size_t T, size_t H, size
 }
 #endif
 
-#ifdef EDGECOMP_SDOT
-/* SDOT by lane: one 16-byte weight vector holds 4 output rows x 4 consecutive k, so
- * vdotq_laneq_s32(acc, w, x, l) adds 4 rows' dot products over k-chunk l of the token's 16 k values and the
- * accumulator holds 4 finished outputs (no horizontal reduction). A tile is 4 tokens x 16 outputs: per 16 k
- * it loads 4 token vectors and 16 weight vectors (streamed in packed order) for 64 SDOTs. */
+#if defined(EDGECOMP_SDOT) || defined(EDGECOMP_VNNI)
+/* packed weights for the SIMD tiles: rows padded to a tile's outputs, k to 16, zeros in the padding */
 static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
-
+#ifdef EDGECOMP_SDOT
+static size_t round_rows(size_t n) { return (n + 15) & ~(size_t)15; }
 /* B [N, K] -> [Np/16][Kp/16][group 4][lane 4][row 4][k 4], zero padded to multiples of 16 */
-static void pack_rows(const int8_t *B, size_t N, size_t K, int8_t *out) {
-    size_t Np = round16(N), Kp = round16(K);
+static void pack_rows(const int8_t *B, size_t N, size_t K, int8_t *out, int32_t *rowsum) {
+    (void)rowsum; /* SDOT takes signed activations: no correction term */
+    size_t Np = round_rows(N), Kp = round16(K);
     for (size_t nb = 0; nb < Np; nb += 16)
         for (size_t kb = 0; kb < Kp; kb += 16)
             for (size_t g = 0; g < 4; g++)
@@ -472,6 +484,27 @@ static void pack_rows(const int8_t *B, size_t N, size_t K, int8_t *out) {
                         }
 }
 
+#else
+static size_t round_rows(size_t n) { return (n + 31) & ~(size_t)31; }
+/* VNNI: B [N, K] -> [Np/32][Kp/4][2 x 16 rows][4 k] (one 64-byte vector = 16 rows x 4 k per half) and the
+ * row sums, because vpdpbusd multiplies UNSIGNED activations: x + 128 in place of x, minus 128 * rowsum */
+static void pack_rows(const int8_t *B, size_t N, size_t K, int8_t *out, int32_t *rowsum) {
+    size_t Np = round_rows(N), Kp = round16(K);
+    for (size_t n = 0; n < Np; n++) {
+        int32_t sum = 0;
+        for (size_t kk = 0; n < N && kk < K; kk++) sum += B[n * K + kk];
+        rowsum[n] = sum;
+    }
+    for (size_t nb = 0; nb < Np; nb += 32)
+        for (size_t kb = 0; kb < Kp; kb += 4)
+            for (size_t r = 0; r < 32; r++)
+                for (size_t q = 0; q < 4; q++) {
+                    size_t n = nb + r, kk = kb + q;
+                    *out++ = n < N && kk < K ? B[n * K + kk] : 0;
+                }
+}
+#endif
+
 static uint64_t fingerprint(const int8_t *p, size_t n) {
     uint64_t h = 1469598103934665603ull ^ n;
     size_t step = n / 1024 ? n / 1024 : 1;
@@ -480,29 +513,38 @@ static uint64_t fingerprint(const int8_t *p, size_t n) {
 }
 
 static int packed_for(kernel_t *k, const int8_t *W1, const int8_t *W2, size_t E, size_t D, size_t H) {
+    size_t D1 = round_rows(D), H1 = round16(H), H2 = round_rows(H), D2 = round16(D); /* W1: D rows of H; W2: H rows of D */
     packed_t *c = &k->packed;
     size_t n = E * D * H;
     uint64_t f1 = fingerprint(W1, n), f2 = fingerprint(W2, n);
     if (c->p1 && c->w1 == W1 && c->w2 == W2 && c->E == E && c->D == D && c->H == H && c->f1 == f1 && c->f2 == f2)
         return 1;
-    size_t Dp = round16(D), Hp = round16(H);
-    free(c->p1);
-    free(c->p2);
-    c->p1 = malloc(E * Dp * Hp);
-    c->p2 = malloc(E * Dp * Hp);
-    if (!c->p1 || !c->p2) {
-        free(c->p1), free(c->p2);
+    free(c->p1), free(c->p2), free(c->rs1), free(c->rs2);
+    c->p1 = malloc(E * D1 * H1);
+    c->p2 = malloc(E * H2 * D2);
+    c->rs1 = malloc(E * D1 * sizeof(int32_t));
+    c->rs2 = malloc(E * H2 * sizeof(int32_t));
+    if (!c->p1 || !c->p2 || !c->rs1 || !c->rs2) {
+        free(c->p1), free(c->p2), free(c->rs1), free(c->rs2);
         c->p1 = c->p2 = NULL;
+        c->rs1 = c->rs2 = NULL;
         return 0;
     }
     for (size_t e = 0; e < E; e++) {
-        pack_rows(W1 + e * D * H, D, H, c->p1 + e * Dp * Hp);
-        pack_rows(W2 + e * H * D, H, D, c->p2 + e * Dp * Hp);
+        pack_rows(W1 + e * D * H, D, H, c->p1 + e * D1 * H1, c->rs1 + e * D1);
+        pack_rows(W2 + e * H * D, H, D, c->p2 + e * H2 * D2, c->rs2 + e * H2);
     }
     c->w1 = W1, c->w2 = W2, c->E = E, c->D = D, c->H = H, c->f1 = f1, c->f2 = f2;
     return 1;
 }
 
+#endif
+
+#ifdef EDGECOMP_SDOT
+/* SDOT by lane: one 16-byte weight vector holds 4 output rows x 4 consecutive k, so
+ * vdotq_laneq_s32(acc, w, x, l) adds 4 rows' dot products over k-chunk l of the token's 16 k values and the
+ * accumulator holds 4 finished outputs (no horizontal reduction). A tile is 4 tokens x 16 outputs: per 16 k
+ * it loads 4 token vectors and 16 weight vectors (streamed in packed order) for 64 SDOTs. */
 /* acc[t][g] = 4 outputs (rows 4g..4g+3 of the 16-row block) of token t, over kp/16 steps */
 static inline void tile_lanes(const int8_t *const x[4], const int8_t *w, size_t kp, int32x4_t acc[4][4]) {
     for (int t = 0; t < 4; t++)
@@ -596,6 +638,114 @@ static void run_int8_sdot(kernel_t *k, const float *X, size_t T, size_t H, size_
 }
 #endif
 
+#ifdef EDGECOMP_VNNI
+/* acc[t][h] = outputs 16h..16h+15 of the 32-row block for token t (x as uint8 = x + 128): per 4 k one
+ * 64-byte weight load per half and one vpdpbusd per token with the token's 4 bytes broadcast */
+VNNI_TARGET static inline void tile_vnni(const uint8_t *const x[4], const int8_t *w, size_t kp, __m512i acc[4][2]) {
+    for (int t = 0; t < 4; t++) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
+    for (size_t p = 0; p < kp; p += 4) {
+        __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + 64));
+        for (int t = 0; t < 4; t++) {
+            int32_t xb;
+            memcpy(&xb, x[t] + p, 4);
+            __m512i xv = _mm512_set1_epi32(xb);
+            acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], xv, w0);
+            acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], xv, w1);
+        }
+        w += 128;
+    }
+}
+
+static void to_unsigned(int8_t *q, size_t n) { /* x + 128 as uint8 = x ^ 0x80 */
+    for (size_t i = 0; i < n; i++) q[i] ^= (int8_t)0x80;
+}
+
+VNNI_TARGET static void run_int8_vnni(kernel_t *k, const float *X, size_t T, size_t H, size_t E, size_t D, const size_t *off,
+                                      const int32_t *sel, const float *S1, const float *B1, const float *S2, float *Y) {
+    size_t D1 = round_rows(D), H1 = round16(H), H2 = round_rows(H), D2 = round16(D);
+    size_t maxn = 0;
+    for (size_t e = 0; e < E; e++) maxn = off[e + 1] - off[e] > maxn ? off[e + 1] - off[e] : maxn;
+    uint8_t *xq = malloc(T * H1 + 64);
+    float *sx = malloc(T * sizeof(float) + 16);
+    for (size_t t = 0; t < T; t++) {
+        int8_t *row = (int8_t *)xq + t * H1;
+        memset(row, 0, H1);
+        sx[t] = quantize_row(X + t * H, H, row);
+        to_unsigned(row, H1); /* the padding becomes 128; its weights are 0 */
+    }
+    uint8_t *pad = malloc(H1 > D2 ? H1 : D2);
+    memset(pad, 0x80, H1 > D2 ? H1 : D2);
+    float *hid = malloc(maxn * D1 * sizeof(float) + 64);
+    uint8_t *hq = malloc(maxn * D2 + 64);
+    float *sh = malloc(maxn * sizeof(float) + 16);
+    float *s1p = calloc(D1, sizeof(float)), *b1p = calloc(D1, sizeof(float)), *s2p = calloc(H2, sizeof(float));
+    for (size_t e = 0; e < E; e++) {
+        size_t n = off[e + 1] - off[e];
+        if (!n) continue;
+        const int32_t *tok = sel + off[e];
+        const int8_t *w1 = k->packed.p1 + e * D1 * H1, *w2 = k->packed.p2 + e * H2 * D2;
+        const int32_t *rs1 = k->packed.rs1 + e * D1, *rs2 = k->packed.rs2 + e * H2;
+        memcpy(s1p, S1 + e * D, D * sizeof(float));
+        memcpy(b1p, B1 + e * D, D * sizeof(float));
+        memcpy(s2p, S2 + e * H, H * sizeof(float));
+        __m512i acc[4][2];
+        for (size_t i = 0; i < n; i += 4) {
+            const uint8_t *rows[4];
+            for (int r = 0; r < 4; r++) rows[r] = i + r < n ? xq + (size_t)tok[i + r] * H1 : pad;
+            for (size_t nb = 0; nb < D1; nb += 32) {
+                tile_vnni(rows, w1 + nb * H1, H1, acc);
+                for (int r = 0; r < 4 && i + r < n; r++) {
+                    __m512 s = _mm512_set1_ps(sx[tok[i + r]]);
+                    float *h = hid + (i + r) * D1 + nb;
+                    for (int g = 0; g < 2; g++) {
+                        __m512i c = _mm512_sub_epi32(acc[r][g], _mm512_slli_epi32(_mm512_loadu_si512((const void *)(rs1 + nb + 16 * g)), 7));
+                        __m512 sc = _mm512_mul_ps(_mm512_loadu_ps(s1p + nb + 16 * g), s);
+                        _mm512_storeu_ps(h + 16 * g, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), sc, _mm512_loadu_ps(b1p + nb + 16 * g)));
+                    }
+                }
+            }
+        }
+        for (size_t i = 0; i < n; i++) {
+            int8_t *row = (int8_t *)hq + i * D2;
+            activate(hid + i * D1, D, k->activation);
+            memset(row, 0, D2);
+            sh[i] = quantize_row(hid + i * D1, D, row);
+            to_unsigned(row, D2);
+        }
+        for (size_t i = 0; i < n; i += 4) {
+            const uint8_t *rows[4];
+            for (int r = 0; r < 4; r++) rows[r] = i + r < n ? hq + (i + r) * D2 : pad;
+            for (size_t nb = 0; nb < H2; nb += 32) {
+                tile_vnni(rows, w2 + nb * D2, D2, acc);
+                for (int r = 0; r < 4 && i + r < n; r++) {
+                    __m512 s = _mm512_set1_ps(sh[i + r]);
+                    float *y = Y + (size_t)tok[i + r] * H + nb;
+                    for (int g = 0; g < 2; g++) {
+                        size_t o = nb + 16 * (size_t)g;
+                        if (o >= H) break;
+                        __mmask16 m = H - o >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (H - o)) - 1);
+                        __m512i c = _mm512_sub_epi32(acc[r][g], _mm512_slli_epi32(_mm512_loadu_si512((const void *)(rs2 + o)), 7));
+                        __m512 sc = _mm512_mul_ps(_mm512_loadu_ps(s2p + o), s);
+                        __m512 yv = _mm512_maskz_loadu_ps(m, y + 16 * g);
+                        _mm512_mask_storeu_ps(y + 16 * g, m, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), sc, yv));
+                    }
+                }
+            }
+        }
+    }
+    free(xq), free(sx), free(pad), free(hid), free(hq), free(sh), free(s1p), free(b1p), free(s2p);
+}
+
+static int has_vnni(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+    }
+    return known;
+}
+#endif
+
 static OrtStatus *compute(void *op_kernel, OrtKernelContext *ctx) {
     kernel_t *k = op_kernel;
     input_t in[8];
@@ -658,6 +808,16 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *ctx) {
             return fail(ORT_FAIL, "out of memory packing the int8 weights");
         }
 #else
+#ifdef EDGECOMP_VNNI
+        if (has_vnni() && !getenv("EDGECOMP_KERNEL_PORTABLE")) {
+            pthread_mutex_lock(&k->lock);
+            int ok = packed_for(k, in[2].data, in[5].data, E, D, H);
+            if (ok) run_int8_vnni(k, in[0].data, T, H, E, D, off, sel, in[3].data, in[4].data, in[6].data, Y);
+            pthread_mutex_unlock(&k->lock);
+            free(off), free(sel);
+            return ok ? NULL : fail(ORT_FAIL, "out of memory packing the int8 weights");
+        }
+#endif
         run_int8(k, in[0].data, T, H, E, D, off, sel, in[2].data, in[3].data, in[4].data, in[5].data, in[6].data, Y);
 #endif
     }
@@ -706,8 +866,7 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
 
 static void destroy_kernel(void *p) {
     kernel_t *k = p;
-    free(k->packed.p1);
-    free(k->packed.p2);
+    free(k->packed.p1), free(k->packed.p2), free(k->packed.rs1), free(k->packed.rs2);
     pthread_mutex_destroy(&k->lock);
     free(k);
 }
@@ -759,8 +918,9 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
 EXPORT const char *EdgecompKernelInfo(void) {
 #ifdef EDGECOMP_SDOT
     return "int8: aarch64 sdot by lane (vdotq_laneq_s32, packed weights); float: portable";
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    return "int8: portable (avx2 clone chosen at load time when the CPU has it); float: portable";
+#elif defined(EDGECOMP_VNNI)
+    return has_vnni() ? "int8: x86 avx512-vnni (vpdpbusd, packed weights); float: portable"
+                      : "int8: portable (this CPU has no avx512-vnni; avx2 clone when it has avx2); float: portable";
 #else
     return "int8: portable; float: portable";
 #endif
