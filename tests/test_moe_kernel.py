@@ -304,3 +304,22 @@ def test_int8_portable_path_equals_the_simd_path(library, monkeypatch):
     portable = session(model, True).run(None, {"X": x, "scores": scores})[0]
     assert rel_err(portable, simd) < 1e-5
     assert rel_err(portable, moe_reference(x, scores, *w, threshold=0.3, quantize_activations=True)) < 1e-2
+
+
+@pytest.mark.arm64
+@pytest.mark.skipif(not env_present(), reason=f"no aarch64 environment: {SETUP_HINT}")
+def test_arm64_python_guest_registers_the_library(library, tmp_path):
+    """The Python guest runner of the `arm64` check (arm64_guest.py) registers the aarch64 library for a
+    graph with the op (session_options' custom_ops), so an artifact with it is checked like any other."""
+    from edgecomp.bench.arm64 import arm64_block
+
+    lead, H, D, E = (1, 12), 32, 16, 4
+    rng = np.random.default_rng(10)
+    w = make_weights(rng, E, D, H, int8=True)
+    path = tmp_path / "moe.onnx"
+    onnx.save(strip_fallback(make_model(w, lead, 0.5, "gelu")), path)
+    x, scores = inputs(rng, lead, H, E)
+    x86 = {"Y": session(onnx.load(path), True).run(None, {"X": x, "scores": scores})[0]}
+    block = arm64_block(path, {"X": x, "scores": scores}, x86, runs=1)
+    # same rounding, exact integer sums: the two builds differ by float rounding only
+    assert block["cos_min_vs_x86"] > 0.99999 and block["max_abs_diff"] < 1e-4 and block["instructions_per_inference"] > 0, block

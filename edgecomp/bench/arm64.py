@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecompError
+from ..runtime.options import CUSTOM_OPS_KEY, custom_ops_library, session_options
 from .arm64_guest import LABEL_LOADED, LABEL_START
 
 ARM64_ENV = Path(
@@ -110,6 +111,9 @@ def arm64_block(
         ]
         if signature:
             cmd += ["--signature", signature]
+        custom_ops = session_options(artifact).get(CUSTOM_OPS_KEY)
+        if custom_ops:  # a graph with edgecomp's own op: the guest registers the aarch64 build of the library
+            cmd += ["--custom-ops", custom_ops_library(custom_ops, "aarch64")]
         env = {
             "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp), "PYTHONPATH": GUEST_SITE,
             # one thread everywhere: counts are per core, and the plugin's counter is not atomic

@@ -64,10 +64,12 @@ def _version(dist: str) -> str | None:
 
 
 class OrtModel:
-    def __init__(self, path: str):
+    def __init__(self, path: str, custom_ops: str | None = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        if custom_ops:  # a custom-op library built for aarch64 (edgecomp's own: edgecomp/kernels)
+            so.register_custom_ops_library(custom_ops)
         so.intra_op_num_threads = 1  # one core: deterministic counts, no racing threads in the plugin
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
@@ -184,6 +186,7 @@ def main() -> None:
     ap.add_argument("--result", required=True)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--signature")
+    ap.add_argument("--custom-ops", help="an aarch64 custom-op library to register with ONNX Runtime")
     ap.add_argument("--checkpoints", help="directory for /proc/self/maps snapshots; the host must be watching")
     a = ap.parse_args()
 
@@ -196,7 +199,7 @@ def main() -> None:
     if is_tflite:
         model = LiteRtModel(a.artifact, a.signature, feeds)
     else:
-        model = OrtModel(a.artifact)
+        model = OrtModel(a.artifact, a.custom_ops)
     feeds = model.prepare(feeds)
     mark(LABEL_LOADED)
     checkpoint(a.checkpoints, 0, "loaded")

@@ -141,10 +141,14 @@ static OrtStatus *fail(int code, const char *fmt, ...) {
 
 /* exp(z) for z <= 0: 2^n * p(r), r = z - n ln2, |r| <= ln2/2; rel. error ~2e-7. z is clamped at -80
  * (exp = 1.8e-35): results stay normal floats (denormals cost ~100 cycles each on x86), and every caller
- * adds the result to 1 or multiplies it by < 1, where it is already below float resolution. A compare and
- * select, not fmaxf: x86's fmaxf is a libm call that stops the loop from vectorizing. */
+ * adds the result to 1 or multiplies it by < 1, where it is already below float resolution. The clamp is
+ * what each compiler vectorizes: fmaxf on aarch64 (fmaxnm), a select on x86 (where fmaxf is a libm call). */
 static inline float exp_neg(float z) {
+#ifdef __aarch64__
+    z = fmaxf(z, -80.0f);
+#else
     z = z < -80.0f ? -80.0f : z;
+#endif
     float n = (float)(int32_t)(z * 1.44269504f - 0.5f); /* round to nearest for z <= 0 (cvttps2dq/fcvtzs) */
     float r = z - n * 0.693145752f - n * 1.42860677e-6f;
     float p = 1.98412698e-4f;
