@@ -551,7 +551,9 @@ static int packed_for(kernel_t *k, const int8_t *W1, const int8_t *W2, size_t E,
  * it loads 4 token vectors and 16 weight vectors (streamed in packed order) for 64 SDOTs. */
 /* acc[t][g] = 4 outputs (rows 4g..4g+3 of the 16-row block) of token t, over kp/16 steps */
 static inline void tile_lanes(const int8_t *const x[4], const int8_t *w, size_t kp, int32x4_t acc[4][4]) {
+#pragma GCC unroll 4
     for (int t = 0; t < 4; t++)
+#pragma GCC unroll 4
         for (int g = 0; g < 4; g++) acc[t][g] = vdupq_n_s32(0);
     for (size_t p = 0; p < kp; p += 16) {
         int8x16_t x0 = vld1q_s8(x[0] + p), x1 = vld1q_s8(x[1] + p), x2 = vld1q_s8(x[2] + p), x3 = vld1q_s8(x[3] + p);
@@ -601,9 +603,13 @@ static void run_int8_sdot(kernel_t *k, const float *X, size_t T, size_t H, size_
             for (int r = 0; r < 4; r++) rows[r] = i + r < n ? xq + (size_t)tok[i + r] * Hp : zero;
             for (size_t nb = 0; nb < Dp; nb += 16) {
                 tile_lanes(rows, w1 + nb * Hp, Hp, acc);
-                for (int r = 0; r < 4 && i + r < n; r++) {
+                /* constant trip counts, unrolled: acc stays in registers (a runtime bound spilled it) */
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++) {
+                    if (i + r >= n) break;
                     float s = sx[tok[i + r]];
                     float *h = hid + (i + r) * Dp + nb;
+#pragma GCC unroll 4
                     for (int g = 0; g < 4; g++) {
                         float32x4_t sc = vmulq_n_f32(vld1q_f32(s1p + nb + 4 * g), s);
                         vst1q_f32(h + 4 * g, vfmaq_f32(vld1q_f32(b1p + nb + 4 * g), vcvtq_f32_s32(acc[r][g]), sc));
@@ -621,16 +627,20 @@ static void run_int8_sdot(kernel_t *k, const float *X, size_t T, size_t H, size_
             for (int r = 0; r < 4; r++) rows[r] = i + r < n ? hq + (i + r) * Dp : zero;
             for (size_t nb = 0; nb < Hp; nb += 16) {
                 tile_lanes(rows, w2 + nb * Dp, Dp, acc);
-                for (int r = 0; r < 4 && i + r < n; r++) {
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++) {
+                    if (i + r >= n) break;
                     float s = sh[i + r];
                     float *y = Y + (size_t)tok[i + r] * H + nb;
                     if (nb + 16 <= H) {
+#pragma GCC unroll 4
                         for (int g = 0; g < 4; g++) {
                             float32x4_t sc = vmulq_n_f32(vld1q_f32(s2p + nb + 4 * g), s);
                             vst1q_f32(y + 4 * g, vfmaq_f32(vld1q_f32(y + 4 * g), vcvtq_f32_s32(acc[r][g]), sc));
                         }
                     } else { /* the last, partial block of outputs */
                         int32_t a[16];
+#pragma GCC unroll 4
                         for (int g = 0; g < 4; g++) vst1q_s32(a + 4 * g, acc[r][g]);
                         for (size_t j = 0; nb + j < H; j++) y[j] += (float)a[j] * (s * s2p[nb + j]);
                     }
