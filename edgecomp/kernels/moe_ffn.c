@@ -139,7 +139,7 @@ static OrtStatus *fail(int code, const char *fmt, ...) {
 /* ------------------------------------------------------------------------------------------------ */
 /* activations: branch-free polynomials so the loops vectorize (libm's erff is a call per element)    */
 
-/* exp(z) for z <= 0: 2^n * p(r), r = z - n ln2, |r| <= ln2/2; rel. error ~2e-7. z is clamped at -80
+/* exp(z) for z <= 0: 2^n * p(r), r = z - n ln2, |r| <= ln2/2; rel. error <= 2.5e-6. z is clamped at -80
  * (exp = 1.8e-35): results stay normal floats (denormals cost ~100 cycles each on x86), and every caller
  * adds the result to 1 or multiplies it by < 1, where it is already below float resolution. The clamp is
  * what each compiler vectorizes: fmaxf on aarch64 (fmaxnm), a select on x86 (where fmaxf is a libm call). */
@@ -151,9 +151,7 @@ static inline float exp_neg(float z) {
 #endif
     float n = (float)(int32_t)(z * 1.44269504f - 0.5f); /* round to nearest for z <= 0 (cvttps2dq/fcvtzs) */
     float r = z - n * 0.693145752f - n * 1.42860677e-6f;
-    float p = 1.98412698e-4f;
-    p = p * r + 1.38888889e-3f;
-    p = p * r + 8.33333333e-3f;
+    float p = 8.33333333e-3f; /* Taylor to r^5: remainder r^6/720 <= 2.4e-6 relative for |r| <= ln2/2 */
     p = p * r + 4.16666667e-2f;
     p = p * r + 1.66666667e-1f;
     p = p * r + 0.5f;
@@ -603,6 +601,10 @@ static void run_int8_sdot(kernel_t *k, const float *X, size_t T, size_t H, size_
             for (int r = 0; r < 4; r++) rows[r] = i + r < n ? xq + (size_t)tok[i + r] * Hp : zero;
             for (size_t nb = 0; nb < Dp; nb += 16) {
                 tile_lanes(rows, w1 + nb * Hp, Hp, acc);
+                /* the scales loaded once per block (the stores below could alias them for the compiler) */
+                float32x4_t s1v[4], b1v[4];
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++) s1v[g] = vld1q_f32(s1p + nb + 4 * g), b1v[g] = vld1q_f32(b1p + nb + 4 * g);
                 /* constant trip counts, unrolled: acc stays in registers (a runtime bound spilled it) */
 #pragma GCC unroll 4
                 for (int r = 0; r < 4; r++) {
@@ -610,10 +612,8 @@ static void run_int8_sdot(kernel_t *k, const float *X, size_t T, size_t H, size_
                     float s = sx[tok[i + r]];
                     float *h = hid + (i + r) * Dp + nb;
 #pragma GCC unroll 4
-                    for (int g = 0; g < 4; g++) {
-                        float32x4_t sc = vmulq_n_f32(vld1q_f32(s1p + nb + 4 * g), s);
-                        vst1q_f32(h + 4 * g, vfmaq_f32(vld1q_f32(b1p + nb + 4 * g), vcvtq_f32_s32(acc[r][g]), sc));
-                    }
+                    for (int g = 0; g < 4; g++)
+                        vst1q_f32(h + 4 * g, vfmaq_f32(b1v[g], vcvtq_f32_s32(acc[r][g]), vmulq_n_f32(s1v[g], s)));
                 }
             }
         }
@@ -627,6 +627,9 @@ static void run_int8_sdot(kernel_t *k, const float *X, size_t T, size_t H, size_
             for (int r = 0; r < 4; r++) rows[r] = i + r < n ? hq + (i + r) * Dp : zero;
             for (size_t nb = 0; nb < Hp; nb += 16) {
                 tile_lanes(rows, w2 + nb * Dp, Dp, acc);
+                float32x4_t s2v[4];
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++) s2v[g] = vld1q_f32(s2p + nb + 4 * g);
 #pragma GCC unroll 4
                 for (int r = 0; r < 4; r++) {
                     if (i + r >= n) break;
@@ -634,10 +637,8 @@ static void run_int8_sdot(kernel_t *k, const float *X, size_t T, size_t H, size_
                     float *y = Y + (size_t)tok[i + r] * H + nb;
                     if (nb + 16 <= H) {
 #pragma GCC unroll 4
-                        for (int g = 0; g < 4; g++) {
-                            float32x4_t sc = vmulq_n_f32(vld1q_f32(s2p + nb + 4 * g), s);
-                            vst1q_f32(y + 4 * g, vfmaq_f32(vld1q_f32(y + 4 * g), vcvtq_f32_s32(acc[r][g]), sc));
-                        }
+                        for (int g = 0; g < 4; g++)
+                            vst1q_f32(y + 4 * g, vfmaq_f32(vld1q_f32(y + 4 * g), vcvtq_f32_s32(acc[r][g]), vmulq_n_f32(s2v[g], s)));
                     } else { /* the last, partial block of outputs */
                         int32_t a[16];
 #pragma GCC unroll 4
@@ -656,9 +657,11 @@ static void run_int8_sdot(kernel_t *k, const float *X, size_t T, size_t H, size_
 /* acc[t][h] = outputs 16h..16h+15 of the 32-row block for token t (x as uint8 = x + 128): per 4 k one
  * 64-byte weight load per half and one vpdpbusd per token with the token's 4 bytes broadcast */
 VNNI_TARGET static inline void tile_vnni(const uint8_t *const x[4], const int8_t *w, size_t kp, __m512i acc[4][2]) {
+#pragma GCC unroll 4
     for (int t = 0; t < 4; t++) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
     for (size_t p = 0; p < kp; p += 4) {
         __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + 64));
+#pragma GCC unroll 4
         for (int t = 0; t < 4; t++) {
             int32_t xb;
             memcpy(&xb, x[t] + p, 4);
@@ -708,7 +711,9 @@ VNNI_TARGET static void run_int8_vnni(kernel_t *k, const float *X, size_t T, siz
             for (int r = 0; r < 4; r++) rows[r] = i + r < n ? xq + (size_t)tok[i + r] * H1 : pad;
             for (size_t nb = 0; nb < D1; nb += 32) {
                 tile_vnni(rows, w1 + nb * H1, H1, acc);
-                for (int r = 0; r < 4 && i + r < n; r++) {
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++) {
+                    if (i + r >= n) break;
                     __m512 s = _mm512_set1_ps(sx[tok[i + r]]);
                     float *h = hid + (i + r) * D1 + nb;
                     for (int g = 0; g < 2; g++) {
@@ -731,7 +736,9 @@ VNNI_TARGET static void run_int8_vnni(kernel_t *k, const float *X, size_t T, siz
             for (int r = 0; r < 4; r++) rows[r] = i + r < n ? hq + (i + r) * D2 : pad;
             for (size_t nb = 0; nb < H2; nb += 32) {
                 tile_vnni(rows, w2 + nb * D2, D2, acc);
-                for (int r = 0; r < 4 && i + r < n; r++) {
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++) {
+                    if (i + r >= n) break;
                     __m512 s = _mm512_set1_ps(sh[i + r]);
                     float *y = Y + (size_t)tok[i + r] * H + nb;
                     for (int g = 0; g < 2; g++) {
