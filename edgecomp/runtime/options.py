@@ -39,7 +39,8 @@ EDGECOMP_OPS = "edgecomp"  # the value naming edgecomp's own library (edgecomp.k
 
 def session_options(path: str | Path) -> dict[str, str]:
     """A copy of the options for ``path``'s format ({} for a format without any), plus ``custom_ops`` when
-    the graph has a node only edgecomp's custom-op library runs."""
+    the graph has an ``edgecomp.MoEFeedForward`` node: the library's kernel runs it (ORT prefers it over
+    the node's local-function fallback, which is all that runs without the library)."""
     options = dict(SESSION_OPTIONS.get(Path(path).suffix.lstrip("."), {}))
     if Path(path).suffix in (".onnx", ".ort") and Path(path).is_file():
         from ..kernels import uses_edgecomp_ops
