@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgecomp import kernels
 from edgecomp.bench.arm64 import SETUP_HINT, env_present
 from edgecomp.errors import EdgecompError
-from edgecomp.kernels import (build_custom_ops, kernel_variant, moe_function_proto, moe_reference, quantize_experts,
-                              strip_fallback, uses_edgecomp_ops)
+from edgecomp.kernels import (build_custom_ops, kernel_variant, moe_function_proto, moe_node, moe_reference,
+                              quantize_experts, strip_fallback, uses_edgecomp_ops)
 
 OPSET = 17
 WEIGHTS = ["W1", "S1", "B1", "W2", "S2", "B2"]
@@ -39,8 +39,11 @@ def make_weights(rng, E, D, H, int8: bool):
 
 def make_model(weights, lead, threshold, activation, with_function=False, attrs=True):
     E, _, H = weights[0].shape
-    extra = {"threshold": threshold, "activation": activation} if attrs else {}
-    node = helper.make_node("MoEFeedForward", ["X", "scores", *WEIGHTS], ["Y"], domain="edgecomp", **extra)
+    if attrs and activation in kernels.ACTIVATIONS and 0 <= threshold <= 1:
+        node = moe_node(["X", "scores", *WEIGHTS], "Y", threshold, activation)  # the helper the lowering uses
+    else:  # no attributes (the defaults), or values outside the contract for the kernel to refuse
+        extra = {"threshold": threshold, "activation": activation} if attrs else {}
+        node = helper.make_node("MoEFeedForward", ["X", "scores", *WEIGHTS], ["Y"], domain="edgecomp", **extra)
     lead = [f"d{i}" for i in range(len(lead))]
     graph = helper.make_graph(
         [node], "moe",
@@ -210,6 +213,14 @@ def test_ort_format_with_the_custom_op(library, tmp_path):
     assert np.array_equal(got, want)
     with pytest.raises(Exception, match="MoEFeedForward"):
         ort.InferenceSession(str(ort_path), providers=["CPUExecutionProvider"])
+    # converted WITHOUT the library, the .ort holds the inlined standard-op body: portable, no kernel
+    portable_dir = tmp_path / "portable"
+    portable_dir.mkdir()
+    portable, portable_cfg = to_ort_format(tmp_path / "moe.onnx", portable_dir)
+    assert "MoEFeedForward" not in portable_cfg.read_text() and "Erf" not in portable_cfg.read_text()  # gelu_tanh body
+    assert not uses_edgecomp_ops(portable)
+    y_body = ort.InferenceSession(str(portable), providers=["CPUExecutionProvider"]).run(None, {"X": x, "scores": scores})[0]
+    assert rel_err(y_body, moe_reference(x, scores, *w, threshold=0.5, activation="gelu_tanh")) < 1e-4
     # edgecomp's runner registers the library itself, for both files (runtime/options.py: custom_ops)
     from edgecomp.runtime.options import session_options
 

@@ -4,14 +4,17 @@ feed-forward layer that runs only the experts each token selects.
 The contract (inputs, attributes, output) is in moe_ffn.c's header and in ``moe_function_proto``, the same
 computation as an ONNX function of standard ops: the portable fallback an artifact carries for runtimes
 without the library. ``build_custom_ops(machine)`` compiles the library (``libedgecomp_ops.so``) for this
-host or for aarch64 (needs ARMv8.2 dotprod: Cortex-A55/A76 and later) into the cache; ONNX Runtime loads it
-with ``SessionOptions.register_custom_ops_library`` (edgecomp's ORT runner does so for a graph that uses
-the ``edgecomp`` domain, see ``uses_edgecomp_ops``), the native probe with ``--option custom_ops=PATH``.
+host or for aarch64 (needs ARMv8.2 dotprod: Cortex-A55/A76 and later) into the cache; int8 weights run
+on SDOT (aarch64) or AVX-512 VNNI (x86, when the CPU has it; else a portable loop). ONNX Runtime loads it
+with ``SessionOptions.register_custom_ops_library``: a graph with the op gets ``custom_ops = "edgecomp"``
+in its session options (runtime/options.py, ``uses_edgecomp_ops``), so edgecomp's ORT runner, the native
+probe (``--option custom_ops=PATH``, host and qemu guest) and the arm64 Python guest register it.
+``moe_node`` makes the node; ``moe_reference`` is the contract in numpy; ``quantize_experts`` the int8 weights.
 
 Which form the kernel runs (measured on onnxruntime 1.31.1; tests/test_moe_kernel.py pins it through
 ORT's profiler): ONNX Runtime PREFERS the registered kernel. A node ``edgecomp.MoEFeedForward`` whose model
-also carries a local function of that name runs the kernel when the library is registered (at every graph
-optimization level) and is inlined into the function's standard-op body only when no kernel claims it.
+also carries a local function of that name runs the kernel when the library is registered (tested at ORT_ENABLE_ALL
+and ORT_DISABLE_ALL) and is inlined into the function's standard-op body only when no kernel claims it.
 So one artifact serves both: ``kernel_variant(model)`` is the identity (a copy that makes sure the
 ``edgecomp`` opset is imported); ``strip_fallback(model)`` drops the function definitions for a model that
 must run the kernel or fail to load (benchmarks, so a missing library cannot pass for the kernel).
@@ -27,6 +30,7 @@ import hashlib
 import os
 import platform
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -105,7 +109,10 @@ def uses_edgecomp_ops(path: Path) -> bool:
             if m.find(OP_TYPE.encode()) < 0 or m.find(DOMAIN.encode()) < 0:
                 return False
     if path.suffix == ".ort":
-        return True
+        # a flatbuffer string is its u32 length, the bytes and a NUL: the node's op type exactly (inlined
+        # fallback nodes are named "_inlfunc_MoEFeedForward_...", which this does not match)
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(struct.pack("<I", len(OP_TYPE)) + OP_TYPE.encode() + b"\0") >= 0
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -132,6 +139,23 @@ def strip_fallback(model):
     del out.functions[:]
     out.functions.extend(keep)
     return out
+
+
+INPUTS = ("X", "scores", "W1", "S1", "B1", "W2", "S2", "B2")
+
+
+def moe_node(inputs: list[str], output: str, threshold: float = 0.0, activation: str = "gelu", name: str | None = None):
+    """An ``edgecomp.MoEFeedForward`` NodeProto over ``inputs`` (the 8 tensor names in INPUTS' order)."""
+    from onnx import helper
+
+    if len(inputs) != len(INPUTS):
+        raise EdgecompError(f"MoEFeedForward takes {len(INPUTS)} inputs ({', '.join(INPUTS)}), got {len(inputs)}",
+                            "pass X, scores, W1, S1, B1, W2, S2, B2")
+    if activation not in ACTIVATIONS or not 0.0 <= threshold <= 1.0:
+        raise EdgecompError(f"MoEFeedForward(threshold={threshold}, activation={activation!r}) is outside the contract",
+                            f"use a threshold in [0, 1] and one of {', '.join(ACTIVATIONS)}")
+    return helper.make_node(OP_TYPE, list(inputs), [output], name=name, domain=DOMAIN, threshold=float(threshold),
+                            activation=activation)
 
 
 def moe_function_proto(activation: str = "gelu", opset: int = 17):
@@ -204,7 +228,7 @@ def moe_function_proto(activation: str = "gelu", opset: int = 17):
     node("Add", [node("MatMul", [act, w2], ["y0"]), "B2"], ["Y"])
     del e
     return helper.make_function(
-        DOMAIN, OP_TYPE, ["X", "scores", "W1", "S1", "B1", "W2", "S2", "B2"], ["Y"], nodes,
+        DOMAIN, OP_TYPE, list(INPUTS), ["Y"], nodes,
         opset_imports=[helper.make_opsetid("", opset)], attributes=["activation"],
         # a default, so a node without `threshold` is dense as in the kernel (FunctionProto.attribute_proto, IR 9)
         attribute_protos=[helper.make_attribute("threshold", 0.0)],

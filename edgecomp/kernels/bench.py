@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DOMAIN, OPSET, moe_function_proto, quantize_experts, strip_fallback
+from . import DOMAIN, OPSET, moe_function_proto, moe_node, quantize_experts, strip_fallback
 
 ONNX_OPSET = 17
 
@@ -88,8 +88,7 @@ def moe_model(weights: list[np.ndarray], threshold: float = 0.5, activation: str
 
     names = ["W1", "S1", "B1", "W2", "S2", "B2"]
     e, _, hidden = weights[0].shape
-    node = helper.make_node("MoEFeedForward", ["X", "scores", *names], ["Y"], domain=DOMAIN, threshold=threshold,
-                            activation=activation)
+    node = moe_node(["X", "scores", *names], "Y", threshold, activation)
     graph = helper.make_graph(
         [node], "moe",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, "seq", hidden]),
