@@ -193,7 +193,6 @@ def moe_function_proto(activation: str = "gelu", opset: int = 17):
     mask = node("Cast", [node("GreaterOrEqual", ["scores", cut], ["sel"])], ["mask"], to=TensorProto.FLOAT)
     # shapes: [E, D, H] from W1; the leading dims of X
     w1_shape = node("Shape", ["W1"], ["w1_shape"])
-    e = node("Slice", [w1_shape, zero1, one], ["E"])
     ed = node("Slice", [w1_shape, zero1, const("two", [2])], ["ED"])
     h = node("Slice", [w1_shape, const("two_", [2]), const("three", [3])], ["H"])
     e_times_d = node("ReduceProd", [ed], ["E_D"], keepdims=1)
@@ -226,7 +225,6 @@ def moe_function_proto(activation: str = "gelu", opset: int = 17):
     act = node("Mul", [act, node("Unsqueeze", [mask, minus1], ["mask_u"])], ["act_m"])
     act = node("Reshape", [act, node("Concat", [lead, e_times_d], ["lead_flat"], axis=0)], ["act_flat"])
     node("Add", [node("MatMul", [act, w2], ["y0"]), "B2"], ["Y"])
-    del e
     return helper.make_function(
         DOMAIN, OP_TYPE, list(INPUTS), ["Y"], nodes,
         opset_imports=[helper.make_opsetid("", opset)], attributes=["activation"],
