@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecompError
-from ..runtime.options import session_options
+from ..runtime.options import CUSTOM_OPS_KEY, custom_ops_library, session_options
 from .arm64_guest import LABEL_LOADED, LABEL_START
 
 ARM64_ENV = Path(
@@ -111,10 +111,12 @@ def arm64_block(
         ]
         if signature:
             cmd += ["--signature", signature]
-        # the options the runners and the native probe load this format with (.ort: mapped model bytes)
+        # the options the runners and the native probe load this format with (.ort: mapped model bytes; a
+        # graph with edgecomp's own op: its custom-op library, here the aarch64 build)
         options = session_options(artifact)
         if artifact.suffix != ".tflite":  # LiteRT's weight cache is the guest runner's own default
-            cmd += [f"--option={k}={v}" for k, v in options.items()]
+            guest = {k: (custom_ops_library(v, "aarch64") if k == CUSTOM_OPS_KEY else v) for k, v in options.items()}
+            cmd += [f"--option={k}={v}" for k, v in guest.items()]
         env = {
             "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp), "PYTHONPATH": GUEST_SITE,
             # one thread everywhere: counts are per core, and the plugin's counter is not atomic

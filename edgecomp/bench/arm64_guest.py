@@ -67,7 +67,9 @@ def apply_ort_options(so, options: dict) -> None:
     """edgecomp.runtime.options.apply_ort_options for the guest (it has no edgecomp): the session options the
     artifact's manifest records, so the guest measures the artifact the way the x86 runner and probe load it."""
     for key, value in options.items():
-        if key == "arena":
+        if key == "custom_ops":  # a custom-op library built for aarch64 (edgecomp's own: edgecomp/kernels)
+            so.register_custom_ops_library(value)
+        elif key == "arena":
             so.enable_cpu_mem_arena = value != "0"
         elif key == "mem_pattern":
             so.enable_mem_pattern = value != "0"

@@ -151,7 +151,11 @@ def _feeds_for(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
 
 def _command(probe: Path, lib: Path, artifact: Path, tmp: Path, threads: int, runs: int, warmup: int,
-             options: dict[str, str], signature: str | None) -> list[str]:
+             options: dict[str, str], signature: str | None, machine: str | None = None) -> list[str]:
+    from ..runtime.options import CUSTOM_OPS_KEY, custom_ops_library
+
+    # custom_ops=edgecomp names edgecomp's kernel library; the probe gets the file built for its machine
+    options = {k: custom_ops_library(v, machine) if k == CUSTOM_OPS_KEY else v for k, v in options.items()}
     cmd = [str(probe), "--lib", str(lib), "--model", str(artifact), "--inputs", str(tmp / "feeds.bin"),
            "--outputs", str(tmp / "outputs.bin"), "--threads", str(threads), "--runs", str(runs),
            "--warmup", str(warmup)]
@@ -274,7 +278,7 @@ def arm64_native_block(artifact: Path, feeds: dict[str, np.ndarray], cpu: str = 
         (tmp / "maps").mkdir()
         cmd = ["qemu-aarch64", "-cpu", cpu, "-L", str(root),
                "-plugin", f"{arm64.ARM64_ENV / 'insn_count.so'},out={tmp / 'counts.txt'}",
-               *_command(probe, Path(lib_guest), artifact, tmp, 1, runs, 1, options, signature),
+               *_command(probe, Path(lib_guest), artifact, tmp, 1, runs, 1, options, signature, machine="aarch64"),
                "--checkpoints", str(tmp / "maps")]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp)}
         stages = arm64._run_with_checkpoints(cmd, env, tmp, timeout_s, artifact.name,

@@ -27,8 +27,9 @@
  *                          session is released (ORT's use_ort_model_bytes_directly requires it)
  *   keep_bytes=0           drop the bytes/mmap buffer right after the session is created (to show why
  *                          use_ort_model_bytes_directly crashed from Python: its buffer was a temporary)
- *   ORT:    arena=0|1 (CPU memory arena), mem_pattern=0|1, opt_level=0|1|2|99, and any session config
- *           key (session.disable_prepacking=1, session.use_ort_model_bytes_directly=1, ...)
+ *   ORT:    arena=0|1 (CPU memory arena), mem_pattern=0|1, opt_level=0|1|2|99, custom_ops=LIBRARY (a custom-op
+ *           library registered before the session is made, e.g. edgecomp's libedgecomp_ops.so), and any
+ *           session config key (session.disable_prepacking=1, session.use_ort_model_bytes_directly=1, ...)
  *   LiteRT: weight_cache=PATH|:memory|none (XNNPACK weight cache; default :memory)
  *
  * Output: one JSON object on stdout. Memory at checkpoints (start = library loaded, loaded = session
@@ -342,6 +343,7 @@ enum {
     ORT_CreateSessionOptions = 10, ORT_EnableMemPattern = 16, ORT_DisableMemPattern = 17,
     ORT_EnableCpuMemArena = 18, ORT_DisableCpuMemArena = 19, ORT_SetSessionLogSeverityLevel = 22,
     ORT_SetSessionGraphOptimizationLevel = 23, ORT_SetIntraOpNumThreads = 24, ORT_SetInterOpNumThreads = 25,
+    ORT_RegisterCustomOpsLibrary = 29,
     ORT_SessionGetInputCount = 30, ORT_SessionGetOutputCount = 31, ORT_SessionGetInputTypeInfo = 33,
     ORT_SessionGetInputName = 36, ORT_SessionGetOutputName = 37, ORT_CreateTensorWithDataAsOrtValue = 49,
     ORT_GetTensorMutableData = 51, ORT_CastTypeInfoToTensorInfo = 55, ORT_GetTensorElementType = 60,
@@ -415,6 +417,11 @@ static void ort_load(ort_t *o, void *lib, const char *model, int threads) {
             ORT_CALL(AddSessionConfigEntry, so, g_opts.key[i], g_opts.value[i]);
             g_opts.used[i] = 1;
         }
+    const char *custom_ops = opt("custom_ops", NULL);
+    if (custom_ops) { /* dlopen'ed by ORT, which calls its RegisterCustomOps(options, api_base); kept loaded */
+        void *handle = NULL;
+        ORT_CALL(RegisterCustomOpsLibrary, so, custom_ops, &handle);
+    }
     const char *how = opt("load", "path");
     if (!strcmp(how, "path")) {
         ORT_CALL(CreateSession, o->env, model, so, &o->session);
