@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -177,11 +177,29 @@ def export_max_length(target: TargetSpec, loaded: LoadedModel, wanted: int | Non
     return min([limit, *buckets])
 
 
-PRODUCERS: Registry[Callable[[BuildContext, ArtifactSpec], tuple[Path, dict]]] = Registry("artifact format")
+class Lowering(Protocol):
+    """What a format producer asks of the thing it lowers: an encoder build (BuildContext), an early-exit stage
+    (early_exit/export.py StageBuild) or a causal LM (llm/export.py CausalLmBuild). ``produced`` maps
+    (format, precision) to the files made so far, so an .ort is converted from the same build's .onnx."""
+
+    out: Path
+    work: Path
+    produced: dict
+    log: Callable[[str], None]
+
+    def fp32_onnx(self) -> Path: ...
+    def filename(self, spec: ArtifactSpec) -> str: ...
+    def onnx_info(self) -> dict: ...
+    def quantize(self, src: Path, dst: Path, spec: ArtifactSpec) -> dict: ...
+    def finish_onnx(self, dst: Path, spec: ArtifactSpec, info: dict) -> None: ...
+    def lower_tflite(self, spec: ArtifactSpec, dst: Path) -> dict: ...
+
+
+PRODUCERS: Registry[Callable[[Lowering, ArtifactSpec], tuple[Path, dict]]] = Registry("artifact format")
 
 
 @PRODUCERS.register("onnx")
-def produce_onnx(ctx, spec: ArtifactSpec) -> tuple[Path, dict]:
+def produce_onnx(ctx: Lowering, spec: ArtifactSpec) -> tuple[Path, dict]:
     """The fp32 graph of what ``ctx`` lowers, quantized to the artifact's scheme, finished by ``ctx``."""
     src = ctx.fp32_onnx()
     dst = ctx.out / ctx.filename(spec)
@@ -196,7 +214,7 @@ def produce_onnx(ctx, spec: ArtifactSpec) -> tuple[Path, dict]:
 
 
 @PRODUCERS.register("ort")
-def produce_ort(ctx, spec: ArtifactSpec) -> tuple[Path, dict]:
+def produce_ort(ctx: Lowering, spec: ArtifactSpec) -> tuple[Path, dict]:
     """ORT format, converted from the same build's .onnx of the same precision (made in scratch if the target
     does not ship it)."""
     from .optimize.ort_format import to_ort_format
@@ -215,7 +233,7 @@ def produce_ort(ctx, spec: ArtifactSpec) -> tuple[Path, dict]:
 
 
 @PRODUCERS.register("tflite")
-def produce_tflite(ctx, spec: ArtifactSpec) -> tuple[Path, dict]:
+def produce_tflite(ctx: Lowering, spec: ArtifactSpec) -> tuple[Path, dict]:
     dst = ctx.out / ctx.filename(spec)
     return dst, ctx.lower_tflite(spec, dst)
 

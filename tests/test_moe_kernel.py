@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecomp import kernels
+from edgecomp import cbuild, kernels
 from edgecomp.bench.arm64 import SETUP_HINT, env_present
 from edgecomp.errors import EdgecompError
 from edgecomp.kernels import (build_custom_ops, kernel_variant, moe_function_proto, moe_node, moe_reference,
@@ -257,7 +257,7 @@ def test_bad_attributes_and_shapes_are_ort_errors(library):
 
 
 def test_missing_compiler_names_the_package(monkeypatch):
-    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cbuild.shutil, "which", lambda name: None)
     with pytest.raises(EdgecompError, match="gcc-aarch64-linux-gnu"):
         build_custom_ops("aarch64", force=True)
     with pytest.raises(EdgecompError, match="no compiler known"):

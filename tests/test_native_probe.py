@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from edgecomp import cbuild
 from edgecomp.bench import native
 from edgecomp.bench.arm64 import SETUP_HINT, env_present
 from edgecomp.bench.native import arm64_native_block, build_probe, native_block, read_tensors, write_tensors
@@ -174,7 +175,7 @@ def test_unknown_option_is_one_line(export, feeds):
 
 def test_missing_compiler_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "CACHE", tmp_path)
-    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cbuild.shutil, "which", lambda name: None)
     with pytest.raises(EdgecompError) as e:
         build_probe()
     assert "no C compiler" in e.value.problem and "apt-get install" in e.value.fix
@@ -183,7 +184,7 @@ def test_missing_compiler_is_one_line(monkeypatch, tmp_path):
 
 def test_missing_compiler_skips_instead_of_failing_the_bench(monkeypatch, tmp_path, export, feeds):
     monkeypatch.setattr(native, "CACHE", tmp_path)
-    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cbuild.shutil, "which", lambda name: None)
     block = native.measure_native(export / "model.onnx", {"inputs": list(feeds)}, feeds, {})
     assert "no C compiler" in block["skipped"]
 

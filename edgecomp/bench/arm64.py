@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgecompError
-from ..runtime.options import CUSTOM_OPS_KEY, custom_ops_library, session_options
+from ..runtime.options import options_for_machine, session_options
 from .arm64_guest import LABEL_LOADED, LABEL_START
 
 ARM64_ENV = Path(
@@ -115,8 +115,7 @@ def arm64_block(
         # graph with edgecomp's own op: its custom-op library, here the aarch64 build)
         options = session_options(artifact)
         if artifact.suffix != ".tflite":  # LiteRT's weight cache is the guest runner's own default
-            guest = {k: (custom_ops_library(v, "aarch64") if k == CUSTOM_OPS_KEY else v) for k, v in options.items()}
-            cmd += [f"--option={k}={v}" for k, v in guest.items()]
+            cmd += [f"--option={k}={v}" for k, v in options_for_machine(options, "aarch64").items()]
         env = {
             "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp), "PYTHONPATH": GUEST_SITE,
             # one thread everywhere: counts are per core, and the plugin's counter is not atomic
@@ -149,7 +148,8 @@ def arm64_block(
         "emulated_cpu": cpu,
         "runtime": "litert" if artifact.suffix == ".tflite" else "onnxruntime",
         "signature": result["signature"],
-        "session_options": options,  # as the manifest records them for the artifact (edgecomp.runtime.options)
+        # what the guest's ONNX Runtime session was given (read back there); None for a .tflite
+        "session_options": result.get("session_options"),
         **({"xnnpack_partitions": result["xnnpack_partitions"]} if artifact.suffix == ".tflite" else {}),
         "runtime_versions": {k: result["runtime_versions"][k] for k in ("onnxruntime", "ai_edge_litert", "python")},
         "emulated": True,

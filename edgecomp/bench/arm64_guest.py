@@ -63,18 +63,25 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def apply_ort_options(so, options: dict) -> None:
+def apply_ort_options(so, options: dict) -> dict:
     """edgecomp.runtime.options.apply_ort_options for the guest (it has no edgecomp): the session options the
-    artifact's manifest records, so the guest measures the artifact the way the x86 runner and probe load it."""
+    artifact's manifest records, so the guest measures the artifact the way the x86 runner and probe load it.
+    Returns what the session options hold afterwards (config entries read back from ORT)."""
+    applied = {}
     for key, value in options.items():
         if key == "custom_ops":  # a custom-op library built for aarch64 (edgecomp's own: edgecomp/kernels)
             so.register_custom_ops_library(value)
+            applied[key] = value
         elif key == "arena":
             so.enable_cpu_mem_arena = value != "0"
+            applied[key] = "1" if so.enable_cpu_mem_arena else "0"
         elif key == "mem_pattern":
             so.enable_mem_pattern = value != "0"
+            applied[key] = "1" if so.enable_mem_pattern else "0"
         elif "." in key:
             so.add_session_config_entry(key, value)
+            applied[key] = so.get_session_config_entry(key)
+    return applied
 
 
 class OrtModel:
@@ -82,7 +89,7 @@ class OrtModel:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        apply_ort_options(so, options or {})
+        self.session_options = apply_ort_options(so, options or {})
         so.intra_op_num_threads = 1  # one core: deterministic counts, no racing threads in the plugin
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
@@ -231,6 +238,7 @@ def main() -> None:
     result = {
         "machine": platform.machine(),
         "signature": model.signature,
+        "session_options": getattr(model, "session_options", None),
         "output_names": list(outputs),
         # after the last checkpoint and mark: a second load that nothing measured may include
         "xnnpack_partitions": model.xnnpack_partitions() if is_tflite else None,

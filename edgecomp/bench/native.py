@@ -19,11 +19,8 @@ same; the manifest records them per artifact).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -32,51 +29,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cbuild import COMPILERS, compile_cached, host_machine
 from ..errors import EdgecompError
 from ..runtime.options import session_options
 
 SOURCE = Path(__file__).with_name("native") / "probe.c"
 CACHE = Path(os.environ.get("EDGECOMP_CACHE", Path.home() / ".cache" / "edgecomp")) / "probe"
 # compiler per target machine; the host's own is the system `cc`
-COMPILERS = {"x86_64": "cc", "aarch64": "aarch64-linux-gnu-gcc"}
-COMPILER_PACKAGES = {"cc": "gcc libc6-dev", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu"}
 RUNS = 10
 WARMUP = 2
 _DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
-
-def _host_machine() -> str:
-    m = platform.machine()
-    return "aarch64" if m in ("arm64", "aarch64") else m
 
 
 def build_probe(machine: str | None = None, force: bool = False) -> Path:
     """The probe binary for ``machine`` (default: this host), compiled once per source version into
     ``~/.cache/edgecomp/probe``. A missing compiler is one line saying which package provides it."""
-    machine = machine or _host_machine()
-    if machine == _host_machine():
-        compiler = "cc"
-    elif machine in COMPILERS:
-        compiler = COMPILERS[machine]
-    else:
-        raise EdgecompError(f"no cross compiler known for {machine!r}", f"build on a {machine} host, or use one of {sorted(COMPILERS)}")
-    if shutil.which(compiler) is None:
-        raise EdgecompError(f"no C compiler `{compiler}` to build the native probe for {machine}",
-                            f"install it (Debian/Ubuntu: `apt-get install {COMPILER_PACKAGES.get(compiler, compiler)}`)")
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    out = CACHE / f"{digest}-{machine}" / "edgecomp-probe"
-    if out.is_file() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".edgecomp-probe.{os.getpid()}")
-    proc = subprocess.run([compiler, "-O2", "-std=gnu11", "-Wall", "-o", str(tmp), str(SOURCE), "-ldl"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EdgecompError(f"building the native probe with {compiler} failed ({tail[:200]})",
-                            f"check that `{compiler}` can build C programs (and that libc headers are installed)")
-    os.replace(tmp, out)
-    return out
+    return compile_cached(SOURCE, "edgecomp-probe", machine, ["-O2", "-std=gnu11", "-Wall", "-ldl"], CACHE,
+                          "the native probe", force)
 
 
 def runtime_library(suffix: str, site: Path | None = None) -> Path:
@@ -152,10 +121,9 @@ def _feeds_for(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
 def _command(probe: Path, lib: Path, artifact: Path, tmp: Path, threads: int, runs: int, warmup: int,
              options: dict[str, str], signature: str | None, machine: str | None = None) -> list[str]:
-    from ..runtime.options import CUSTOM_OPS_KEY, custom_ops_library
+    from ..runtime.options import options_for_machine
 
-    # custom_ops=edgecomp names edgecomp's kernel library; the probe gets the file built for its machine
-    options = {k: custom_ops_library(v, machine) if k == CUSTOM_OPS_KEY else v for k, v in options.items()}
+    options = options_for_machine(options, machine)  # custom_ops=edgecomp: the library built for the probe's machine
     cmd = [str(probe), "--lib", str(lib), "--model", str(artifact), "--inputs", str(tmp / "feeds.bin"),
            "--outputs", str(tmp / "outputs.bin"), "--threads", str(threads), "--runs", str(runs),
            "--warmup", str(warmup)]

@@ -26,16 +26,13 @@ Converted without the library, the .ort holds the inlined standard-op body inste
 
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
+from ..cbuild import COMPILERS, compile_cached, host_machine
 from ..errors import EdgecompError
 from ..paths import cache_dir
 
@@ -45,8 +42,6 @@ DOMAIN = "edgecomp"
 OP_TYPE = "MoEFeedForward"
 OPSET = 1
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
-COMPILERS = {"x86_64": "cc", "aarch64": "aarch64-linux-gnu-gcc"}
-COMPILER_PACKAGES = {"cc": "gcc libc6-dev", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu"}
 # aarch64: SDOT (vdotq_s32) is ARMv8.2's optional dotprod extension; every core edgecomp targets has it
 # (Cortex-A55/A76/A78/X1, Neoverse N1), older ones (A53, A72) would fault on the first int8 node.
 FLAGS = {
@@ -58,37 +53,15 @@ FLAGS = {
 COMMON_FLAGS = ["-std=gnu11", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math"]
 
 
-def _host_machine() -> str:
-    m = platform.machine()
-    return "aarch64" if m in ("arm64", "aarch64") else m
-
-
 def build_custom_ops(machine: str | None = None, force: bool = False) -> Path:
     """The custom-op library for ``machine`` (default: this host), compiled once per source and flags into
     ``cache_dir()/kernels``. A missing compiler is one line naming the package that provides it."""
-    machine = machine or _host_machine()
-    if machine not in COMPILERS:
+    machine = machine or host_machine()
+    if machine not in FLAGS:
         raise EdgecompError(f"no compiler known to build edgecomp's kernels for {machine!r}",
-                            f"build for one of {sorted(COMPILERS)}")
-    compiler = "cc" if machine == _host_machine() else COMPILERS[machine]
-    if shutil.which(compiler) is None:
-        raise EdgecompError(f"no C compiler `{compiler}` to build edgecomp's custom-op library for {machine}",
-                            f"install it (Debian/Ubuntu: `apt-get install {COMPILER_PACKAGES.get(compiler, compiler)}`)")
-    flags = FLAGS[machine] + COMMON_FLAGS
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
-    out = cache_dir() / "kernels" / f"{digest}-{machine}" / LIBRARY_NAME
-    if out.is_file() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{LIBRARY_NAME}.{os.getpid()}")
-    proc = subprocess.run([compiler, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EdgecompError(f"building edgecomp's custom-op library with {compiler} failed ({tail[:200]})",
-                            f"check that `{compiler}` can build C shared libraries (and that libc headers are installed)")
-    os.replace(tmp, out)
-    return out
+                            f"build for one of {sorted(FLAGS)}")
+    return compile_cached(SOURCE, LIBRARY_NAME, machine, [*FLAGS[machine], *COMMON_FLAGS, "-lm"],
+                          cache_dir() / "kernels", "edgecomp's custom-op library", force)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -59,6 +59,12 @@ def custom_ops_library(value: str, machine: str | None = None) -> str:
     return value
 
 
+def options_for_machine(options: dict[str, str], machine: str | None = None) -> dict[str, str]:
+    """``options`` as a process on ``machine`` takes them: ``custom_ops=edgecomp`` becomes the library file
+    built for that machine (the native probe, the aarch64 guest)."""
+    return {k: custom_ops_library(v, machine) if k == CUSTOM_OPS_KEY else v for k, v in options.items()}
+
+
 def apply_ort_options(so, options: dict[str, str]) -> None:
     """Set ``options`` on an onnxruntime.SessionOptions the way the native probe sets them through the
     C API; ``load`` (how the probe hands over the file) has no Python counterpart: Python loads by path."""
