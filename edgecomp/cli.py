@@ -205,7 +205,7 @@ def fit(
     quality: str = typer.Option(..., "--quality", help='task and the largest drop vs fp32, e.g. "sts:-1.0"'),
     output: Path = typer.Option(..., "--output", "-o", help="folder for the chosen export (+ recipe.toml, fit.json)"),
     max_rss: Optional[str] = typer.Option(None, "--max-rss", help="native peak RSS allowed, e.g. 30MB (measured by the native probe)"),
-    max_arm_instructions: Optional[str] = typer.Option(None, "--max-arm-instructions", help="not measured by fit yet"),
+    max_arm_instructions: Optional[str] = typer.Option(None, "--max-arm-instructions", help="aarch64 instructions per inference allowed (qemu, the target's core): 0.9x of the target's plain export, or a count like 150M"),
     data: Optional[Path] = typer.Option(None, "--data", help="evaluation data for the quality floor (see `edgecomp eval --data`)"),
     report_data: Optional[Path] = typer.Option(None, "--report-data", help="held-out data for the chosen export's final figure"),
     workers: int = typer.Option(1, "--workers", help="candidates measured at once (embedded local Ray; needs the fit extra)"),
@@ -218,17 +218,16 @@ def fit(
 ):
     """Search recipes for MODEL on a target: the smallest export meeting a size (and RSS) budget and a task-quality
     floor; writes its recipe (OUT/recipe.toml, reproducible with `edgecomp export --recipe`) and exports it."""
-    from .fit import Budget, FitOptions, fit as run_fit, parse_bytes, parse_quality
+    from .fit import Budget, FitOptions, fit as run_fit, parse_bytes, parse_instructions, parse_quality
 
     try:
-        if max_arm_instructions is not None:
-            raise EdgecompError("--max-arm-instructions is not measured by `edgecomp fit` yet",
-                                "drop it, and compare the chosen export with `edgecomp bench --target arm64`")
         if workers < 1 or max_measure < 1:
             raise EdgecompError("--workers and --max-measure take a positive number", "use e.g. --workers 2 --max-measure 6")
         task, drop = parse_quality(quality)
+        max_arm, arm_ratio = parse_instructions(max_arm_instructions) if max_arm_instructions else (None, False)
         budget = Budget(parse_bytes(max_size, "--max-size"),
-                        parse_bytes(max_rss, "--max-rss") / 1e6 if max_rss else None, drop, task)
+                        parse_bytes(max_rss, "--max-rss") / 1e6 if max_rss else None, drop, task,
+                        max_arm=max_arm, max_arm_is_ratio=arm_ratio)
         opts = FitOptions(max_measure=max_measure, workers=workers, ray_address=ray_address, cache_dir=cache,
                           data=str(data) if data else None, report_data=str(report_data) if report_data else None,
                           space=space, force=force, bench=not no_bench)
@@ -243,11 +242,13 @@ def _print_fit(manifest: dict) -> None:
     f = manifest["fit"]
     t = Table(title=f"fit: {f['measured']} measured of {f['buildable']} buildable candidates "
                     f"({f['quality']}, max {f['budget']['max_size_bytes'] / 1e6:g} MB)")
-    for col in ("candidate", "MB", "drop", "RSS MB", "frontier", "chosen"):
+    arm = any("arm_instructions" in c for c in f["candidates"])
+    for col in ("candidate", "MB", "drop", "RSS MB", *(["ARM M instr"] if arm else []), "frontier", "chosen"):
         t.add_column(col, overflow="fold")
     for c in f["candidates"]:
         if c["measured"]:
             t.add_row(c["name"], f"{c['size_bytes'] / 1e6:.2f}", f"{c['quality_drop']:.2f}", str(c["rss_mb"] or "—"),
+                      *([f"{c['arm_instructions'] / 1e6:.1f}" if c.get("arm_instructions") else "—"] if arm else []),
                       "yes" if c["on_frontier"] else "", "yes" if c["chosen"] else "")
     out.print(t)
 

@@ -69,7 +69,9 @@ class ExportOptions:
     exit_data: str | None = None  # labelled TSV for exit heads and τ calibration (default: the model file's)
     exit_heads: str | None = None  # plain | ztw (default: the model file's)
     max_length: int | None = None  # truncation limit of every artifact (default: export_max_length)
-    checks: bool = True  # the target's CHECKS (arm64 under qemu, ...); `edgecomp fit` measures candidates without
+    # the target's CHECKS (arm64 under qemu, ...): all, none, or the named ones of the target's (`edgecomp fit`
+    # measures candidates without, or with only arm64 under an instruction budget)
+    checks: bool | tuple[str, ...] = True
     with_tokenizer: bool = False  # also string-input twins of the ONNX Runtime artifacts (edgecomp/lower/tokenizer.py)
 
 
@@ -253,7 +255,7 @@ def _host() -> dict:
 
 
 def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: LoadedModel, target: TargetSpec,
-                     bench: bool, log: Callable[[str], None], checks: bool = True) -> dict:
+                     bench: bool, log: Callable[[str], None], checks: bool | tuple[str, ...] = True) -> dict:
     """Verify one artifact against PyTorch and (optionally) measure its latency and fresh-process RSS."""
     from .runtime import open_artifact
 
@@ -272,7 +274,7 @@ def measure_artifact(path: Path, record: dict, ref: ReferenceSet, loaded: Loaded
         metrics["peak_rss_mb"] = peak_rss_mb(path, feeds, threads=1)
         log(f"bench: {path.name} native probe (peak RSS without Python)")
         metrics["native"] = measure_native(path, record, feeds, open_artifact(path, threads=1).run(feeds))
-    run_checks(target.checks if checks else [], path, record, feeds, target.emulated_cpu or "cortex-a76", log,
+    run_checks([c for c in target.checks if checks is True or (checks and c in checks)], path, record, feeds, target.emulated_cpu or "cortex-a76", log,
                reference=lambda: ref.task.torch_forward(loaded.model, feeds))
     return metrics
 

@@ -139,3 +139,64 @@ def test_ray_workers_give_the_serial_frontier(search):
         return sorted((c["name"], c["size_bytes"], c["quality_drop"], c["chosen"]) for c in f["candidates"] if c["on_frontier"])
 
     assert frontier(root / "ray-out") == frontier(search["out"])
+
+
+ARM_SPACE = """
+[[axes]]
+name = "weights"
+choices = [
+  {label = "w8"},
+  {label = "w4b32", quantization = {weights = {bits = 4, block = 32}}},
+]
+"""
+
+
+@pytest.fixture(scope="module")
+def arm_search(tiny_bert_dir, tmp_path_factory):
+    """The tiny model on the arm64 target (the .onnx only) with an instruction budget relative to the plain
+    int8 export, which is also the space's all-default candidate (so it is measured once)."""
+    from edgecomp.bench import arm64
+
+    if not arm64.env_present():
+        pytest.skip(arm64.SETUP_HINT)
+    root = tmp_path_factory.mktemp("fit-arm")
+    (root / "space.toml").write_text(ARM_SPACE)
+    src = (REPO / "edgecomp" / "data" / "targets" / "arm64.toml").read_text()
+    target = root / "arm64-fast.toml"
+    target.write_text(src.replace('name = "arm64"', 'name = "arm64-fast"').replace("runs = 30", "runs = 3")
+                      .replace("warmup = 5", "warmup = 1").replace("seq_len = 128", "seq_len = 32"))
+    args = [tiny_bert_dir, "--target", target, "--max-size", "1MB", "--quality", "sts:-5",
+            "--space", root / "space.toml", "--cache", root / "cache"]
+    res = edgecomp("fit", *args, "--max-arm-instructions", "1.0x", "-o", root / "out", "--no-bench")
+    assert res.returncode == 0, res.stderr
+    return {"root": root, "args": args, "out": root / "out"}
+
+
+def test_arm_instruction_budget_is_measured_and_met(arm_search):
+    fit = json.loads((arm_search["out"] / "fit.json").read_text())
+    base = fit["budget"]["arm_baseline_instructions"]
+    measured = {c["name"]: c for c in fit["candidates"] if c["measured"]}
+    assert len(measured) == 2 and all(c["arm_instructions"] > 0 for c in measured.values())
+    assert base == measured["target-default"]["arm_instructions"]  # the plain export is the all-default candidate
+    chosen = next(c for c in fit["candidates"] if c["chosen"])
+    assert chosen["arm_instructions"] <= fit["budget"]["max_arm_instructions"] == base
+    # the chosen export carries the guest's own count of the same artifact
+    manifest = json.loads((arm_search["out"] / "manifest.json").read_text())
+    assert manifest["artifacts"][0]["arm64"]["instructions_per_inference"] > 0
+    assert "ARM M instr" in (arm_search["out"] / "report.md").read_text()
+
+
+def test_arm_instruction_budget_nobody_meets_is_one_line(arm_search):
+    res = edgecomp("fit", *arm_search["args"], "--max-arm-instructions", "1k", "-o", arm_search["root"] / "none")
+    assert res.returncode == 2, res.stderr
+    assert "no candidate meets the budget" in res.stderr and "ARM instructions" in res.stderr
+    assert not (arm_search["root"] / "none").exists()
+
+
+def test_arm_instruction_budget_needs_an_arm_target(tiny_bert_dir, fast_target, tmp_path):
+    res = edgecomp("fit", tiny_bert_dir, "--target", fast_target, "--max-size", "1MB", "--quality", "sts:-5",
+                   "--max-arm-instructions", "0.9x", "-o", tmp_path / "out")
+    assert res.returncode == 2 and "not checked on aarch64" in res.stderr, res.stderr
+    res = edgecomp("fit", tiny_bert_dir, "--target", fast_target, "--max-size", "1MB", "--quality", "sts:-5",
+                   "--max-arm-instructions", "lots", "-o", tmp_path / "out")
+    assert res.returncode == 2 and "is not a count or a ratio" in res.stderr, res.stderr

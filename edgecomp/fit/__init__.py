@@ -5,8 +5,10 @@ Phases: (1) every candidate of the search space (edgecomp.fit.space, data) is ch
 target's formats can store and estimated cheaply (edgecomp.fit.estimate: bytes by formula, weight error);
 (2) the most promising candidates within the size budget are exported through the build engine
 (edgecomp.pipeline.export, without the target's emulated checks) and measured: artifact sizes, native RSS
-(with --max-rss), task quality through edgecomp.evaluate against the fp32 reference; (3) the Pareto frontier
-(size, rss, quality drop) of the measured candidates, the smallest one meeting the budget chosen, its recipe
+(with --max-rss), aarch64 instructions per inference under qemu (with --max-arm-instructions: the
+target's arm64 check, also run on the target's plain export when the limit is a ratio), task quality through
+edgecomp.evaluate against the fp32 reference; (3) the Pareto frontier (size, rss, instructions, quality drop)
+of the measured candidates, the smallest one meeting the budget chosen, its recipe
 written as a .toml, and OUT exported from that file by the same engine with every check (so
 `edgecomp export --recipe OUT/recipe.toml` reproduces OUT).
 
@@ -39,6 +41,7 @@ RESULT = "result.json"
 SEARCH_TOLERANCE = {"cos_mean": 0.0, "cos_min": -1.0}
 # candidates are judged on the task metric, not on cosine against fp32
 SEARCH_REASON = "edgecomp fit candidate: judged on the task metric, not on cosine against fp32"
+PLAIN = "target-default"  # the target's export without a recipe: the base of a ratio instruction budget
 UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 
 
@@ -57,16 +60,49 @@ def parse_quality(text: str) -> tuple[str, float]:
     return m.group(1), abs(float(m.group(2)))
 
 
+def parse_instructions(text: str) -> tuple[float, bool]:
+    """"0.9x" -> (0.9, True): a ratio of the target's plain export; "150M" / "1.5e8" -> (1.5e8, False)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([xkmg]?)\s*", text.lower())
+    if not m or float(m.group(1)) <= 0:
+        raise EdgecompError(f"--max-arm-instructions {text!r} is not a count or a ratio",
+                            "write it like 0.9x (of the target's plain int8 export) or 150M (instructions per inference)")
+    value, unit = float(m.group(1)), m.group(2)
+    if unit == "x":
+        return value, True
+    return value * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[unit], False
+
+
 @dataclass
 class Budget:
     max_size: int
     max_rss_mb: float | None = None
     max_drop: float = 1.0
     task: str = "sts"
+    # aarch64 instructions per inference (qemu, the target's emulated core); a ratio is of the target's plain
+    # export (the search space's all-default candidate), measured in the same search
+    max_arm: float | None = None
+    max_arm_is_ratio: bool = False
+    arm_baseline: int | None = None  # the plain export's count, once measured
+
+    @property
+    def measures_arm(self) -> bool:
+        return self.max_arm is not None
+
+    @property
+    def max_arm_instructions(self) -> float | None:
+        if self.max_arm is None:
+            return None
+        return self.max_arm * self.arm_baseline if self.max_arm_is_ratio else self.max_arm
 
     def to_json(self) -> dict:
-        return {"max_size_bytes": self.max_size, "max_rss_mb": self.max_rss_mb, "max_drop": self.max_drop,
-                "task": self.task}
+        out = {"max_size_bytes": self.max_size, "max_rss_mb": self.max_rss_mb, "max_drop": self.max_drop,
+               "task": self.task}
+        if self.measures_arm:
+            out["max_arm_instructions"] = (round(self.max_arm_instructions) if self.max_arm_instructions is not None
+                                           else None)
+            if self.max_arm_is_ratio:
+                out["max_arm_ratio"], out["arm_baseline_instructions"] = self.max_arm, self.arm_baseline
+        return out
 
     def misses(self, r: dict) -> list[str]:
         out = []
@@ -76,6 +112,11 @@ class Budget:
             out.append(f"native RSS {r.get('rss_mb')} MB > {self.max_rss_mb} MB")
         if r["quality_drop"] > self.max_drop:
             out.append(f"{self.task} drop {r['quality_drop']:.2f} > {self.max_drop:.2f}")
+        limit = self.max_arm_instructions
+        if limit is not None and (r.get("arm_instructions") is None or r["arm_instructions"] > limit):
+            got = r.get("arm_instructions")
+            out.append(f"ARM instructions {got / 1e6:.1f} M > {limit / 1e6:.1f} M" if got is not None
+                       else "ARM instructions not measured")
         return out
 
 
@@ -130,7 +171,7 @@ def measure_candidate(job: dict) -> dict:
 
     torch.set_num_threads(max(1, job.get("threads", 1)))
     manifest = export(job["model"], job["target"], out, ExportOptions(recipe=str(recipe_file), bench=job["bench"],
-                                                                      checks=False), force=True)
+                                                                      checks=job.get("checks") or False), force=True)
     manifest = evaluate_export(out, job["task"], job["data"], threads=job.get("threads", 1),
                                reference=job["reference"])
     # the quantized artifacts are what the recipe ships; a target's fp32 artifact is its reference copy
@@ -138,12 +179,14 @@ def measure_candidate(job: dict) -> dict:
     drops = [a["metrics"]["task"][job["task"]]["drop"] for a in arts]
     rss = [((a["metrics"].get("native") or {}).get("peak_rss_mb") or a["metrics"].get("peak_rss_mb")) for a in arts]
     lat = [(a["metrics"].get("latency_ms") or {}).get("p50") for a in arts]
+    arm = [(a.get("arm64") or {}).get("instructions_per_inference") for a in arts]
     result = {
         "name": job["name"], "key": job["key"],
         # every artifact the recipe ships must meet the budget: an app picks any of them
         "size_bytes": max(a["size_bytes"] for a in arts),
         "rss_mb": max(rss) if all(v is not None for v in rss) else None,
         "latency_ms": max(lat) if all(v is not None for v in lat) else None,
+        "arm_instructions": max(arm) if all(v is not None for v in arm) else None,
         "quality_drop": max(drops),
         "quality_value": min(a["metrics"]["task"][job["task"]]["value"] for a in arts),
         "fidelity": {k: min(a["metrics"]["fidelity"][k] for a in manifest["artifacts"]) for k in ("cos_mean", "cos_min")
@@ -276,6 +319,14 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
     t_start = time.time()
     spec = resolve_model(model)
     target = load_target(target_name)
+    if budget.measures_arm:
+        from ..bench import arm64
+
+        if "arm64" not in target.checks:
+            raise EdgecompError(f"target {target.name} is not checked on aarch64, so --max-arm-instructions has nothing to measure",
+                                "use a target with the arm64 check (android, arm64), or drop --max-arm-instructions")
+        if not arm64.env_present():
+            raise EdgecompError("--max-arm-instructions needs the aarch64 emulation environment", arm64.SETUP_HINT)
     check_output(out_dir, opts.force, spec.local_paths())
     axes = read_space(opts.space)
     cands = candidates(axes)
@@ -287,7 +338,8 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
     target_file = Path(target.to_json().get("file") or "")
     data_path = Path(opts.data) if opts.data else None
     base_key = content_hash(__version__, model_dir(spec), target_file if target_file.is_file() else target.to_json(),
-                            data_path if data_path else data_label, task.name, budget.max_rss_mb is not None)
+                            data_path if data_path else data_label, task.name, budget.max_rss_mb is not None,
+                            budget.measures_arm)
     shapes = model_shapes(loaded.model)
     rows: list[Scored] = []
     memo: dict = {}
@@ -312,16 +364,32 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
         pick = (first + [r for r in ordered if r not in first])[:opts.max_measure]
         if not pick:  # nothing fits by estimate: measure the smallest, so the error names a real closest candidate
             pick = sorted(valid, key=lambda r: (r.size_est, r.error_est))[:max(1, min(2, opts.max_measure))]
-        jobs = []
-        for r in pick:
-            key = content_hash(base_key, r.cand.recipe, SEARCH_TOLERANCE)[:24]
-            jobs.append({"name": r.cand.name, "key": key, "entry": str(cache / key),
-                         "toml": recipe_toml({**r.cand.recipe_table(), "tolerance": SEARCH_TOLERANCE, "tolerance_reason": SEARCH_REASON},
-                                             "edgecomp fit candidate"),
-                         "model": model, "target": target_name, "task": task.name, "data": opts.data,
-                         "reference": reference, "bench": budget.max_rss_mb is not None, "threads": 1})
+        def job(cand: Candidate) -> dict:
+            key = content_hash(base_key, cand.recipe, SEARCH_TOLERANCE)[:24]
+            return {"name": cand.name, "key": key, "entry": str(cache / key),
+                    "toml": recipe_toml({**cand.recipe_table(), "tolerance": SEARCH_TOLERANCE, "tolerance_reason": SEARCH_REASON},
+                                        "edgecomp fit candidate"),
+                    "model": model, "target": target_name, "task": task.name, "data": opts.data,
+                    "reference": reference, "bench": budget.max_rss_mb is not None, "threads": 1,
+                    "checks": ("arm64",) if budget.measures_arm else False}
+
+        jobs = [job(r.cand) for r in pick]
+        # a ratio budget is of the target's plain export (no recipe), measured alongside unless it is a candidate
+        baseline = None
+        if budget.max_arm_is_ratio:
+            plain = next((r for r in pick if not any(r.cand.recipe.values())), None)
+            baseline = job(plain.cand if plain else Candidate(PLAIN, {}, {"steps": []}, 1.0))
+            if not plain:
+                jobs.append(baseline)
         del loaded, shapes
         results = _run_jobs(jobs, opts, log, progress)
+    if baseline is not None:
+        got = results.get(baseline["key"])
+        if not isinstance(got, dict) or got.get("arm_instructions") is None:
+            raise EdgecompError(f"the target's plain export could not be measured on aarch64 ({got if isinstance(got, str) else 'no count'})",
+                                "give --max-arm-instructions as a count (e.g. 150M) instead of a ratio")
+        budget.arm_baseline = got["arm_instructions"]
+        log(f"baseline: {target.name} plain export, {budget.arm_baseline / 1e6:.1f} M ARM instructions per inference")
     for r, j in zip(pick, jobs):
         got = results.get(j["key"])
         if isinstance(got, dict):
@@ -329,7 +397,8 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
         else:
             r.lost = got or "not measured"
             log(f"measure: {r.cand.name} lost ({r.lost})")
-    keys = ["size_bytes", "quality_drop"] + (["rss_mb"] if budget.max_rss_mb is not None else [])
+    keys = (["size_bytes", "quality_drop"] + (["rss_mb"] if budget.max_rss_mb is not None else [])
+            + (["arm_instructions"] if budget.measures_arm else []))
     pareto(rows, keys)
     measured = [r for r in rows if r.result]
     meeting = [r for r in measured if not budget.misses(r.result)]
@@ -357,6 +426,7 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
             "name": r.cand.name, "recipe": r.cand.recipe,
             "size_bytes": res.get("size_bytes", r.size_est), "rss_mb": res.get("rss_mb"),
             "quality_drop": res.get("quality_drop"), "latency_ms": res.get("latency_ms"),
+            **({"arm_instructions": res.get("arm_instructions")} if budget.measures_arm else {}),
             "on_frontier": r.on_frontier, "chosen": r.chosen, "measured": bool(r.result),
             "estimate": {"size_bytes": r.size_est, "weight_error": round(r.error_est, 5)},
             **({"lost": r.lost} if r.lost else {}),

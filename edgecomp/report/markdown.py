@@ -188,12 +188,16 @@ def _fit_section(manifest: dict) -> list[str]:
     budget = ", ".join(f"{k} {v}" for k, v in (f.get("budget") or {}).items()) or "none"
     out = ["", "## Fit (`edgecomp fit`)", "", f"Budget: {budget}; quality floor: `{f.get('quality', '—')}`.", ""]
     rows = []
+    arm = any("arm_instructions" in c for c in f.get("candidates") or [])
     for c in f.get("candidates") or []:
+        instr = c.get("arm_instructions")
         rows.append([("**" + c.get("name", "?") + "**") if c.get("chosen") else c.get("name", "?"), c.get("recipe", "—"),
                      _mb(c.get("size_bytes")), _fmt(c.get("rss_mb"), 1), _fmt(c.get("quality_drop"), 2),
-                     _fmt(c.get("latency_ms"), 2), "yes" if c.get("on_frontier") else "", "yes" if c.get("chosen") else "",
+                     _fmt(c.get("latency_ms"), 2), *([_fmt(instr / 1e6 if instr else None, 1)] if arm else []),
+                     "yes" if c.get("on_frontier") else "", "yes" if c.get("chosen") else "",
                      "measured" if c.get("measured") else "estimated"])
-    out += table(["candidate", "recipe", "MB", "RSS MB", "quality drop", "p50 ms", "frontier", "chosen", "figures"], rows)
+    out += table(["candidate", "recipe", "MB", "RSS MB", "quality drop", "p50 ms", *(["ARM M instr/inference"] if arm else []),
+                  "frontier", "chosen", "figures"], rows)
     return out
 
 
