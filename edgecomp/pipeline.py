@@ -8,6 +8,7 @@ a temporary folder that is renamed to OUT only when every artifact was produced 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import importlib.util
@@ -56,6 +57,22 @@ def check_runtimes(target: TargetSpec, artifacts=None) -> None:
         if missing:
             raise EdgecompError(f"target {target.name!r} needs the {rt} runtime, but {', '.join(missing)} is not installed",
                                 f"run `{fix}`")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` for the block (None: left as it is)."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -505,8 +522,9 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             from .compress import Calibration, compress_model
 
             log(f"compress: recipe {recipe.name!r} ({len(recipe.steps)} steps)")
-            compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts),
-                                         quant=train_view(job), log=log)
+            with torch_threads(recipe.options.get("compress_threads")):
+                compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts),
+                                             quant=train_view(job), log=log)
         records = plan.build(job)
 
         shutil.rmtree(work, ignore_errors=True)

@@ -46,6 +46,9 @@ RECIPE_OPTIONS: dict[str, tuple[type | tuple[type, ...], str]] = {
     # or a study) states the fidelity its artifacts must still reach, over the target's [tolerance], and why
     "tolerance": (dict, "the fidelity floor of this recipe's artifacts, over the target's [tolerance] (cos_mean, cos_min, nll_ratio_max)"),
     "tolerance_reason": (str, "why the recipe's floor differs from the target's (recorded in the manifest)"),
+    # edgecomp.pipeline: torch's thread count changes the float sums of calibration and refits, hence the bytes;
+    # a recipe that must reproduce a measured export byte for byte (edgecomp fit writes it) states the count
+    "compress_threads": (int, "torch threads while the steps run (the compressed weights depend on it)"),
     # edgecomp.llm.export
     "prefill_buckets": (list, "causal LMs: prefill lengths of the .tflite signatures"),
 }
@@ -131,6 +134,8 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
     for k, (t, _) in RECIPE_OPTIONS.items():
         if k in raw and (not isinstance(raw[k], t) or (t is int and isinstance(raw[k], bool))):
             raise _refuse(where, f"{k} = {raw[k]!r} has the wrong type", f"give {k} as {_type_name(t)}")
+    if raw.get("compress_threads", 1) < 1:
+        raise _refuse(where, f"compress_threads = {raw['compress_threads']} is not a thread count", "give a count >= 1")
     steps = raw.get("steps", [])
     tasks = raw.get("tasks", [])
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):

@@ -253,3 +253,12 @@ def test_every_generic_recipe_resolves_for_a_local_directory(tiny_bert_dir, name
     recipe = spec.recipe(name)
     assert recipe.name == name and recipe.path.name == f"{name}.toml"
     assert [m for m, _ in parse_steps(recipe.steps)] == [s["method"] for s in recipe.steps]
+
+
+def test_compress_threads_must_be_a_count():
+    from edgecomp.errors import EdgecompError
+    from edgecomp.recipes import parse_recipe
+
+    assert parse_recipe({"name": "r", "compress_threads": 1}, "r", None).options["compress_threads"] == 1
+    with pytest.raises(EdgecompError, match="compress_threads = 0"):
+        parse_recipe({"name": "r", "compress_threads": 0}, "r", None)

@@ -41,6 +41,9 @@ RESULT = "result.json"
 SEARCH_TOLERANCE = {"cos_mean": 0.0, "cos_min": -1.0}
 # candidates are judged on the task metric, not on cosine against fp32
 SEARCH_REASON = "edgecomp fit candidate: judged on the task metric, not on cosine against fp32"
+# one torch thread per candidate (Ray runs one candidate per core); the recipes state it, so the chosen
+# recipe file reproduces the measured bytes on any machine's default thread count
+FIT_THREADS = 1
 PLAIN = "target-default"  # the target's export without a recipe: the base of a ratio instruction budget
 UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 
@@ -167,9 +170,6 @@ def measure_candidate(job: dict) -> dict:
     write_text_atomic(recipe_file, job["toml"])
     out = entry / "export"
     t0 = time.time()
-    import torch
-
-    torch.set_num_threads(max(1, job.get("threads", 1)))
     manifest = export(job["model"], job["target"], out, ExportOptions(recipe=str(recipe_file), bench=job["bench"],
                                                                       checks=job.get("checks") or False), force=True)
     manifest = evaluate_export(out, job["task"], job["data"], threads=job.get("threads", 1),
@@ -367,10 +367,11 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
         def job(cand: Candidate) -> dict:
             key = content_hash(base_key, cand.recipe, SEARCH_TOLERANCE)[:24]
             return {"name": cand.name, "key": key, "entry": str(cache / key),
-                    "toml": recipe_toml({**cand.recipe_table(), "tolerance": SEARCH_TOLERANCE, "tolerance_reason": SEARCH_REASON},
+                    "toml": recipe_toml({**cand.recipe_table(), "compress_threads": FIT_THREADS,
+                                         "tolerance": SEARCH_TOLERANCE, "tolerance_reason": SEARCH_REASON},
                                         "edgecomp fit candidate"),
                     "model": model, "target": target_name, "task": task.name, "data": opts.data,
-                    "reference": reference, "bench": budget.max_rss_mb is not None, "threads": 1,
+                    "reference": reference, "bench": budget.max_rss_mb is not None, "threads": FIT_THREADS,
                     "checks": ("arm64",) if budget.measures_arm else False}
 
         jobs = [job(r.cand) for r in pick]
@@ -432,7 +433,7 @@ def fit(model: str, target_name: str, out_dir: Path, budget: Budget, opts: FitOp
             **({"lost": r.lost} if r.lost else {}),
         })
     # OUT: exported from the chosen recipe file by the same engine, with every check of the target
-    table = best.cand.recipe_table()
+    table = {**best.cand.recipe_table(), "compress_threads": FIT_THREADS}  # the bytes it was measured with
     fid = best.result.get("fidelity") or {}
     if fid:  # just below what was measured on the export's verification text (the same bytes verify the same)
         table["tolerance"] = {k: math.floor(v * 1000) / 1000 - 0.001 for k, v in fid.items() if k in ("cos_mean", "cos_min")}
