@@ -122,4 +122,9 @@ def check_artifact_hash(out_dir: Path, record: dict) -> Path:
     if sha256(p) != record["sha256"]:
         raise EdgecompError(f"{p} does not match the sha256 in the manifest (modified or corrupt)",
                             "re-run `edgecomp export` to rebuild the folder")
+    for data in record.get("external_data") or []:  # the weights of an external-data .onnx
+        d = p.parent / data["path"]
+        if not d.is_file() or sha256(d) != data["sha256"]:
+            raise EdgecompError(f"{d} (the weights of {p.name}) is {'missing' if not d.is_file() else 'modified or corrupt'}",
+                                "re-run `edgecomp export` to rebuild the folder")
     return p

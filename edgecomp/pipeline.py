@@ -33,6 +33,7 @@ from .errors import EdgecompError
 from .manifest import MANIFEST, sha256, write_json_atomic
 from .outdir import check_output, staged_output_dir, written_files
 from .quiet import native_stderr_silenced
+from .optimize.external_data import external_files, stored_bytes
 from .models import LoadedModel, load_model, model_dir, resolve_model, weights_bytes
 from .registry import Registry
 from .targets import ArtifactSpec, TargetSpec, load_target
@@ -229,6 +230,10 @@ def produce_onnx(ctx: Lowering, spec: ArtifactSpec) -> tuple[Path, dict]:
         ctx.log(f"quantize: {spec.quantization} -> {dst.name}")
         info["quantization"] = ctx.quantize(src, dst, spec)
     ctx.finish_onnx(dst, spec, info)
+    if spec.options.get("external_data"):
+        from .optimize.external_data import save_with_external_data
+
+        info["external_data"] = save_with_external_data(dst).name
     return dst, info
 
 
@@ -246,7 +251,9 @@ def produce_ort(ctx: Lowering, spec: ArtifactSpec) -> tuple[Path, dict]:
     ctx.log(f"convert: ORT format -> {stem}.ort")
     staged = ctx.work / f"{stem}.onnx"
     if staged != src:
-        shutil.copy(src, staged)
+        from .optimize.external_data import copy_self_contained
+
+        copy_self_contained(src, staged)  # the converter writes one flatbuffer whatever the .onnx layout
     ort_path, cfg = to_ort_format(staged, ctx.out)
     return ort_path, {"derived_from": src.name, "required_operators_config": cfg.name}
 
@@ -535,8 +542,11 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
         loads_with = package(loaded, build, job.state.get("max_length", loaded.max_length), records) if package else {}
         for rec in records:  # hash last: the files are final now
             p = build / rec["path"]
-            rec["size_bytes"] = p.stat().st_size
             rec["sha256"] = sha256(p)
+            data = external_files(p)  # the weights of an external-data .onnx: part of what a device stores
+            rec["size_bytes"] = stored_bytes(p)
+            if data:
+                rec["external_data"] = [{"path": f.name, "size_bytes": f.stat().st_size, "sha256": sha256(f)} for f in data]
         breakdown = {"pytorch-fp32": ref_breakdown}
         for rec in records:  # every artifact (.onnx, .ort, .tflite) of the export, its primary included
             if "stage" not in rec and rec.get("input") != "text":

@@ -49,8 +49,9 @@ def test_manifest_contract(tiny_export):
     assert [a["path"] for a in m["artifacts"]] == ["model.onnx", "model-fp32.onnx"]  # primary first
     for a in m["artifacts"]:
         p = tiny_export / a["path"]
-        assert a["size_bytes"] == p.stat().st_size
-        assert a["sha256"] == sha256(p)
+        data = [tiny_export / d["path"] for d in a.get("external_data", [])]  # what a device stores with it
+        assert a["size_bytes"] == sum(f.stat().st_size for f in (p, *data))
+        assert a["sha256"] == sha256(p) and all(d["sha256"] == sha256(tiny_export / d["path"]) for d in a.get("external_data", []))
         assert a["format"] == "onnx" and a["runtime"] == "onnxruntime"
         assert a["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
         assert a["outputs"] == ["last_hidden_state", "sentence_embedding"]  # pooling + L2 norm in the graph
@@ -70,6 +71,35 @@ def test_manifest_contract(tiny_export):
     assert sb["token_embeddings"] == 1000 * 64 * 4
     assert (tiny_export / "report.md").read_text().startswith("# edgecomp export")
     assert not list(tiny_export.parent.glob(".tiny-x86.tmp-*")), "temporary build folder left behind"
+
+
+def test_int8_onnx_keeps_its_weights_in_a_mapped_data_file(tiny_export):
+    """cpu-x86's int8 .onnx (external_data = true): the graph file holds no large initializer, the data file
+    holds them, the manifest lists and hashes it, and `edgecomp run` refuses a corrupt data file in one line."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    m = json.loads((tiny_export / "manifest.json").read_text())
+    int8 = next(a for a in m["artifacts"] if a["precision"] == "int8")
+    fp32 = next(a for a in m["artifacts"] if a["precision"] == "fp32")
+    assert [d["path"] for d in int8["external_data"]] == ["model.onnx.data"] and "external_data" not in fp32
+    assert "model.onnx.data" in m["files"]
+    graph = onnx.load(str(tiny_export / "model.onnx"), load_external_data=False)
+    big = [t for t in graph.graph.initializer if t.ByteSize() > 4096 or uses_external_data(t)]
+    assert big and all(uses_external_data(t) for t in big)
+    assert (tiny_export / "model.onnx").stat().st_size < 0.5 * int8["external_data"][0]["size_bytes"]
+    assert int8["metrics"]["native"]["peak_rss_mb"] > 0  # the probe loads it by path, data mapped beside it
+
+
+def test_corrupt_external_data_is_one_line(tiny_export, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_export, copy)
+    data = copy / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-64] + bytes(64))
+    res = CliRunner().invoke(app, ["bench", str(copy)])
+    assert res.exit_code == 2 and "model.onnx.data" in res.output and "Traceback" not in res.output, res.output
 
 
 def test_onnx_loads_with_optimum(tiny_export, tiny_bert_dir, unseen_texts):

@@ -22,12 +22,15 @@ def _drop_from_page_cache(path: Path) -> None:
     """A freshly written file maps into memory in large chunks, so the same bytes measured 76, 82 or 94 MB
     depending on how the file was last written. Flushing it and dropping it from the page cache makes the
     probe see it the way a device does after install (75.8-76.0 MB over 3 runs for MiniLM int8 .tflite)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages cannot be dropped before they are on disk
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    from ..optimize.external_data import artifact_files
+
+    for f in artifact_files(path):  # an external-data .onnx: its weights file too
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped before they are on disk
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def peak_rss_mb(path: Path, feeds: dict[str, np.ndarray], threads: int = 1, kind: str = "artifact") -> float:

@@ -69,7 +69,9 @@ def onnx_size_breakdown(path: Path, model=None) -> dict:
         nbytes = initializer_nbytes(init)
         where = " ".join([init.name, *consumers.get(init.name, [])])
         out[classify(where, layout)] += nbytes
-    total = Path(path).stat().st_size
+    from ..optimize.external_data import stored_bytes
+
+    total = stored_bytes(path)  # an external-data .onnx: its data file too
     out["graph_and_metadata"] = max(total - sum(out[c] for c in COMPONENTS), 0)
     out["total"] = total
     return out

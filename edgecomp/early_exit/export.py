@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import EdgecompError
 from ..manifest import sha256 as _sha256, write_json_atomic
+from ..optimize.external_data import stored_bytes
 from ..paths import cache_dir
 from .calibrate import choose_depth, choose_tau, depth_table, evaluate_tau
 from .data import Labelled, read_exclusions, read_labelled_tsv, resolve_data_path, split
@@ -359,7 +360,7 @@ def export_early_exit(loaded, target, build_dir: Path, max_accuracy_drop: float 
     tau, tau_rows = choose_tau(probs, labels, cfg.max_accuracy_drop)
     chosen = evaluate_tau(probs, labels, tau)
     depths = depth_table(probs, labels)
-    stage_bytes = [p.stat().st_size for p in files[primary]]
+    stage_bytes = [stored_bytes(p) for p in files[primary]]
     for d in depths:
         d["stage_bytes"] = int(sum(stage_bytes[: d["depth"]]))  # the first k stage files (incl. their heads)
     k = choose_depth(depths, cfg.max_accuracy_drop)
@@ -412,7 +413,7 @@ def export_early_exit(loaded, target, build_dir: Path, max_accuracy_drop: float 
             key: {"format": _artifact_spec(target, key).format, "precision": _artifact_spec(target, key).precision,
                   "runtime": _artifact_spec(target, key).runtime,
                   "stages": [{"index": i, "path": str(p.relative_to(build_dir)), "sha256": _sha256(p),
-                              "size_bytes": p.stat().st_size, "inputs": list(stages[i].io.inputs),
+                              "size_bytes": stored_bytes(p), "inputs": list(stages[i].io.inputs),
                               "outputs": list(stages[i].io.outputs)} for i, p in enumerate(paths)]}
             for key, paths in files.items()
         },
@@ -475,7 +476,7 @@ def _artifact_entry(build_dir, p: Path, a, inputs, outputs, role, stage, fidelit
     e = {
         "path": str(p.relative_to(build_dir)), "format": a.format, "runtime": a.runtime, "precision": a.precision,
         "quantization": a.quantization if a.precision != "fp32" else None, "role": role, "stage_set": a.name,
-        "size_bytes": p.stat().st_size, "sha256": _sha256(p), "inputs": list(inputs), "outputs": list(outputs),
+        "size_bytes": stored_bytes(p), "sha256": _sha256(p), "inputs": list(inputs), "outputs": list(outputs),
         "metrics": {"fidelity": fidelity} if fidelity else {},
     }
     if stage is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..optimize.external_data import stored_bytes
+
 PARTS = ("embeddings", "attention", "feed_forward", "other")
 
 
@@ -32,5 +34,5 @@ def onnx_llm_size_breakdown(path: Path) -> dict:
                 seen.add(i)
                 out[_part(n.name, n.op_type)] += sizes[i]
     out["other"] += sum(v for k, v in sizes.items() if k not in seen)
-    out["total"] = Path(path).stat().st_size
+    out["total"] = stored_bytes(path)
     return out
