@@ -150,6 +150,39 @@ def test_vocab_trim_maps_unkept_tokens_to_a_kept_row(tiny_bert_dir, fast_target,
     np.testing.assert_allclose(h[0], h[1], atol=1e-5)  # the artifact reads one row for both
 
 
+def test_freq_table_trim_to_stores_three_tiers(tiny_bert_dir, fast_target, few_texts, tmp_path):
+    """frequent rows at the table's bits, the next ones 2-bit, the rest read their nearest stored row; the
+    artifact matches the compressed PyTorch model, and the report counts each tier."""
+    step = {"method": "freq-table", "frequent": 100, "rare": "int2", "trim_to": 400}
+    recipe = recipe_file(tmp_path / "tiers.toml", 'steps = [{method = "freq-table", frequent = 100, rare = "int2", trim_to = 400}]\n'
+                         "[quantization]\nweights = {bits = 4, block = 32}\n")
+    manifest = export(tiny_bert_dir, fast_target, tmp_path / "o", recipe, few_texts)
+    alloc = manifest["compression"]["steps"][0]["details"]["allocation"]
+    assert (alloc["frequent_rows"], alloc["rare_rows"], alloc["dropped_rows"]) == (100, 300, 600)
+    assert alloc["rare_bytes"] > 0
+    tok, model = compressed_like_the_export(tiny_bert_dir, few_texts, [step])
+    remap = model.embeddings.word_embeddings.remap.numpy()
+    assert remap.max() == 399 and len(np.unique(remap)) == 400  # every stored row is read, no other
+    shared = next(t for t in range(5, 1000) if list(remap).count(remap[t]) > 1)
+    twin = next(t for t in range(1000) if t != shared and remap[t] == remap[shared])
+    ids = np.array([[tok.cls_token_id, shared, tok.sep_token_id], [tok.cls_token_id, twin, tok.sep_token_id]])
+    x = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    h = hidden_states(tmp_path / "o" / "model-fp32.onnx", x)
+    np.testing.assert_allclose(h[0], h[1], atol=1e-5)
+    with torch.no_grad():
+        want = model(**{k: torch.as_tensor(v) for k, v in x.items()}).last_hidden_state.numpy()
+    np.testing.assert_allclose(h, want, atol=1e-4)
+
+
+def test_trim_to_needs_int2_rows():
+    from edgecomp.compress.freq_table import FrequencyTableConfig
+
+    with pytest.raises(EdgecompError, match="needs rare"):
+        FrequencyTableConfig(frequent=10, rare="nearest", trim_to=20)
+    with pytest.raises(EdgecompError, match="fewer rows"):
+        FrequencyTableConfig(frequent=10, trim_to=5)
+
+
 @pytest.mark.parametrize("raw, needle", [
     ({"weights": {"bits": 2, "block": 32, "algorithm": "gptq"}}, "writes 4-bit weights"),
     ({"weights": {"bits": 4, "block": 32, "algorithm": "gptq", "grid": "litert"}}, "drop grid"),

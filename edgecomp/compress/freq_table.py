@@ -14,7 +14,8 @@ searched per block for the least squared error), decoded with standard ops (laye
 tokens read the kept row whose direction is closest (``rare = "nearest"``) or [UNK]'s (``rare = "unk"``).
 
 The step's report (in the manifest's compression section) records how many rows sit at which bits and the
-share of the corpus's (and the calibration text's) tokens the kept rows cover.
+share of the corpus's (and the calibration text's) tokens the kept rows cover. ``freq-table`` with
+``trim_to`` combines both: the frequent rows at the table's bits, the next ones at 2 bits, the rest dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class FrequencyTableConfig:
     rare_block: int = 32  # 2-bit rows: values per float16 scale + minimum
     corpus: str | None = None  # text file ranking the tokens (default: the calibration text)
     module: str | None = None  # default: the model's input token table
+    # int2 only: the rows stored in all (frequent ones + 2-bit ones); tokens ranked after read the stored row
+    # nearest their own, as vocab-trim's do (three tiers: table bits, 2 bits, no row)
+    trim_to: int | None = None
 
     def __post_init__(self):
         check((self.frequent is None) != (self.coverage is None),
@@ -54,6 +58,10 @@ class FrequencyTableConfig:
         check(self.rare in RARE_MODES, f"rare = {self.rare!r} is unknown", f"use one of: {', '.join(RARE_MODES)}")
         check(self.rare_block >= 4 and self.rare_block % 4 == 0, f"rare_block = {self.rare_block} is not a multiple of 4",
               "use rare_block = 32 (or 16, 64)")
+        check(self.trim_to is None or self.rare == "int2", f'trim_to = {self.trim_to} needs rare = "int2"',
+              'drop trim_to (vocab-trim keeps only the frequent rows) or use rare = "int2"')
+        check(self.trim_to is None or self.frequent is None or self.trim_to >= self.frequent,
+              f"trim_to = {self.trim_to} stores fewer rows than frequent = {self.frequent}", "use trim_to >= frequent")
 
 
 @dataclass
@@ -160,7 +168,8 @@ def split_table(model: nn.Module, cfg: FrequencyTableConfig, calibration: Calibr
     else:
         share = np.cumsum(counts[order]) / max(counts.sum(), 1)
         k = int(min(v, np.searchsorted(share, cfg.coverage - 1e-12) + 1))
-    kept, rare = np.sort(order[:k]), np.sort(order[k:])
+    stored = v if cfg.trim_to is None else max(k, min(cfg.trim_to, v))
+    kept, rare, dropped = np.sort(order[:k]), np.sort(order[k:stored]), np.sort(order[stored:])
     w = table.weight.detach()
     n_rare_rows = len(rare) if cfg.rare == "int2" else 0
     padding = table.padding_idx
@@ -176,6 +185,8 @@ def split_table(model: nn.Module, cfg: FrequencyTableConfig, calibration: Calibr
             new.rare_codes.copy_(pack_codes(q))
             new.rare_scale.copy_(scale)
             new.rare_min.copy_(mn)
+        if len(dropped):  # beyond trim_to: the nearest stored row (by the fp32 rows' directions)
+            remap[dropped] = remap[nearest_rows(w, dropped, np.sort(np.concatenate([kept, rare])))]
     elif cfg.rare == "nearest":
         remap[rare] = nearest_rows(w, rare, kept) if len(rare) else []
     else:
@@ -195,11 +206,15 @@ def split_table(model: nn.Module, cfg: FrequencyTableConfig, calibration: Calibr
         "rare_rows": int(len(rare)), "rare": {"int2": f"2-bit, blocks of {cfg.rare_block}, float16 scale + minimum",
                                               "nearest": "no rows: the nearest kept row", "unk": "no rows: [UNK]'s row"}[cfg.rare],
         "rare_bytes": int(rare_bytes), "remap_bytes": 4 * v,
+        **({"dropped_rows": int(len(dropped)), "dropped": "no rows: the nearest stored row"} if len(dropped) else {}),
     }
     rep.details["coverage"] = {"corpus": cfg.corpus or "calibration text", "corpus_tokens": int(counts.sum()),
                                "corpus_distinct_tokens": int((counts > 0).sum()),
                                "frequent_rows_cover_corpus": covered(counts, kept),
-                               "frequent_rows_cover_calibration": covered(cal_counts, kept)}
+                               "frequent_rows_cover_calibration": covered(cal_counts, kept),
+                               **({"stored_rows_cover_corpus": covered(counts, np.concatenate([kept, rare])),
+                                   "stored_rows_cover_calibration": covered(cal_counts, np.concatenate([kept, rare]))}
+                                  if len(dropped) else {})}
     swap_table(model, name, table, new, rep)
     rep.params_after = n_params_stored(new)
     return rep

@@ -39,10 +39,13 @@ def int4(block=32, **kw) -> dict:
     return {"weights": {"bits": 4, "block": block, **kw}}
 
 
-def ranked(frequent: int, rare: str = "int2", rare_block: int = 32, corpus: bool = True, method: str = "freq-table") -> dict:
+def ranked(frequent: int, rare: str = "int2", rare_block: int = 32, corpus: bool = True, method: str = "freq-table",
+           trim_to: int | None = None) -> dict:
     step = {"method": method, "frequent": frequent, "rare": rare}
     if rare == "int2":
         step["rare_block"] = rare_block
+    if trim_to is not None:
+        step["trim_to"] = trim_to
     if corpus:
         step["corpus"] = "{corpus}"  # filled in with the study's ranking corpus
     return step
@@ -79,6 +82,11 @@ COMBOS: dict[str, Combo] = {
                                         int4(128, algorithm="gptq"), "8MB", "ranked on the built-in sentences only"),
     "freq4096+ffn-hqq2": Combo([ranked(4096, rare_block=64)], {**int4(32), "ffn": {"bits": 2, "block": 32, "algorithm": "hqq"}},
                                "8MB"),
+    # three tiers (freq-table trim_to): a few rows at 4 bits, the next ones at 2 bits, the rest read their nearest
+    "tier5-8192b64+rtn-b32": Combo([ranked(5, rare_block=64, trim_to=8192)], int4(32), "8MB",
+                                   "special tokens 4-bit, the 8192 most frequent rows 2-bit (b64), the rest nearest"),
+    "tier5-8192b64+rtn-b64": Combo([ranked(5, rare_block=64, trim_to=8192)], int4(64), "8MB"),
+    "tier512-8192b64+rtn-b64": Combo([ranked(512, rare_block=64, trim_to=8192)], int4(64), "8MB"),
     # --- with int4-aware distillation (trains for RTN blocks: GPTQ's choices are not what it simulates)
     "small": Combo([DISTILL], int4(32), "recovery", "the `small` recipe"),
     "trim8192+distill+rtn-b128": Combo([ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(128), "recovery"),
