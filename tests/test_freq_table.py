@@ -163,6 +163,15 @@ def test_freq_table_trim_to_stores_three_tiers(tiny_bert_dir, fast_target, few_t
     tok, model = compressed_like_the_export(tiny_bert_dir, few_texts, [step])
     remap = model.embeddings.word_embeddings.remap.numpy()
     assert remap.max() == 399 and len(np.unique(remap)) == 400  # every stored row is read, no other
+    # a dropped token reads the stored row nearest its own fp32 row (cosine), not an arbitrary one
+    w = BertModel.from_pretrained(tiny_bert_dir).embeddings.word_embeddings.weight.detach()
+    from edgecomp.compress.freq_table import rank_tokens, token_counts
+
+    texts = [t for t in few_texts.read_text().splitlines() if t.strip()]
+    order = rank_tokens(token_counts(tok, texts, 1000), list(tok.all_special_ids))
+    stored_tok, dropped_tok = np.sort(order[:400]), int(order[-1])
+    cos = torch.nn.functional.cosine_similarity(w[dropped_tok][None], w[torch.as_tensor(stored_tok)])
+    assert remap[dropped_tok] == remap[stored_tok[int(cos.argmax())]]
     shared = next(t for t in range(5, 1000) if list(remap).count(remap[t]) > 1)
     twin = next(t for t in range(1000) if t != shared and remap[t] == remap[shared])
     ids = np.array([[tok.cls_token_id, shared, tok.sep_token_id], [tok.cls_token_id, twin, tok.sep_token_id]])

@@ -186,7 +186,8 @@ def split_table(model: nn.Module, cfg: FrequencyTableConfig, calibration: Calibr
             new.rare_scale.copy_(scale)
             new.rare_min.copy_(mn)
         if len(dropped):  # beyond trim_to: the nearest stored row (by the fp32 rows' directions)
-            remap[dropped] = remap[nearest_rows(w, dropped, np.sort(np.concatenate([kept, rare])))]
+            stored_tokens = np.sort(np.concatenate([kept, rare]))
+            remap[dropped] = remap[stored_tokens[nearest_rows(w, dropped, stored_tokens)]]
     elif cfg.rare == "nearest":
         remap[rare] = nearest_rows(w, rare, kept) if len(rare) else []
     else:
