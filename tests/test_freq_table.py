@@ -258,3 +258,25 @@ def test_tiny_recipe_is_valid_for_android():
     schemes = [recipe_scheme(a, recipe).scheme for a in kept]
     assert all(s.weights.bits == 4 for s in schemes)
     assert any(step["method"] in ("freq-table", "vocab-trim") for step in recipe.steps)
+
+
+def test_wordfreq_corpus_ranks_common_words_first(tiny_bert_dir, few_texts):
+    """corpus = "wordfreq:en": general English frequencies rank the rows without a corpus of the domain;
+    an unknown language is one line."""
+    pytest.importorskip("wordfreq")
+    from edgecomp.compress.freq_table import wordfreq_counts
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    vocab = tok.get_vocab()
+    counts = wordfreq_counts(tok, "en", len(vocab))
+    common = [w for w in ("the", "and", "of", "is") if w in vocab]
+    rare = [w for w in ("##q", "##x", "zebra") if w in vocab]
+    assert common and counts[[vocab[w] for w in common]].min() > 0
+    if rare:
+        assert counts[[vocab[w] for w in common]].min() > counts[[vocab[w] for w in rare]].max()
+    tok_c, model = compressed_like_the_export(tiny_bert_dir, few_texts, [{"method": "vocab-trim", "frequent": 100,
+                                                                          "corpus": "wordfreq:en"}])
+    remap = model.embeddings.word_embeddings.remap.numpy()
+    assert len(np.unique(remap)) == 100 and all(list(remap).count(remap[vocab[w]]) >= 1 for w in common)
+    with pytest.raises(EdgecompError, match="no word list"):
+        wordfreq_counts(tok, "xx-nonexistent", len(vocab))

@@ -5,6 +5,8 @@ A few thousand tokens make up almost all of any text, yet a uniform table pays e
 same. Tokens are ranked by their count in a corpus (``corpus``: a user's text file, one text per line;
 default the export's calibration text), ties and unseen tokens by the vocabulary's own order (WordPiece and
 BPE vocabularies list tokens roughly as often as they were learnt), the tokenizer's special tokens first.
+Without a corpus of the domain, ``corpus = "wordfreq:en"`` ranks by a language's general word frequencies
+(the wordfreq package), which covers a new domain's text far better than a few calibration sentences.
 The top ``frequent`` rows (or the fewest covering ``coverage`` of the corpus's tokens) stay a float table
 that the export's scheme quantizes (``[quantization] table``, e.g. 4-bit GatherBlockQuantized); the others
 become 2-bit rows with a float16 scale and minimum per block of ``rare_block`` (the scale and minimum are
@@ -43,7 +45,7 @@ class FrequencyTableConfig:
     coverage: float | None = None  # or: the fewest rows covering this share of the corpus's tokens
     rare: str = "int2"  # int2: 2-bit rows | nearest / unk: no rows (vocab-trim)
     rare_block: int = 32  # 2-bit rows: values per float16 scale + minimum
-    corpus: str | None = None  # text file ranking the tokens (default: the calibration text)
+    corpus: str | None = None  # text file ranking the tokens, or "wordfreq:en" (default: the calibration text)
     module: str | None = None  # default: the model's input token table
     # int2 only: the rows stored in all (frequent ones + 2-bit ones); tokens ranked after read the stored row
     # nearest their own, as vocab-trim's do (three tiers: table bits, 2 bits, no row)
@@ -72,6 +74,43 @@ class VocabTrimConfig(FrequencyTableConfig):
         super().__post_init__()
         check(self.rare != "int2", 'vocab-trim drops the rare rows: rare = "int2" keeps them', 'use rare = "nearest" or "unk", '
               'or the freq-table method')
+
+
+WORDFREQ = "wordfreq:"  # corpus = "wordfreq:en": the wordfreq package's word frequencies for that language
+WORDFREQ_WORDS = 100_000  # its most frequent words; beyond them the frequencies are below one in 10^7
+
+
+def wordfreq_counts(tokenizer, language: str, vocab: int) -> np.ndarray:
+    """Token counts of a language's general usage without a corpus at hand: each of the wordfreq package's
+    most frequent words (Wikipedia, subtitles, books, news, web text) tokenized once, weighted by its
+    frequency. Words are tokenized after a space, as they occur inside text (byte-level BPE spells a
+    word-initial token with its space)."""
+    try:
+        import wordfreq
+    except ImportError:
+        raise EdgecompError(f'corpus = "{WORDFREQ}{language}" needs the wordfreq package',
+                            'pip install -e ".[compress]" (or wordfreq==3.1.1), or give corpus = a text file') from None
+    try:
+        freq = wordfreq.get_frequency_dict(language)
+        words = wordfreq.top_n_list(language, WORDFREQ_WORDS)
+    except Exception:  # an unknown or malformed language tag
+        words = []
+    check(bool(words), f"wordfreq has no word list for language {language!r}", 'use e.g. corpus = "wordfreq:en"')
+    out = np.zeros(vocab, dtype=np.float64)
+    for i in range(0, len(words), 2048):
+        chunk = words[i:i + 2048]
+        for w, ids in zip(chunk, tokenizer([" " + w for w in chunk], add_special_tokens=False)["input_ids"]):
+            f = freq.get(w, 0.0)
+            for t in ids:
+                if 0 <= t < vocab:
+                    out[t] += f
+    return np.rint(out * 1e9).astype(np.int64)  # counts per billion words
+
+
+def corpus_counts(cfg: FrequencyTableConfig, calibration: Calibration, vocab: int) -> np.ndarray:
+    if cfg.corpus is not None and cfg.corpus.startswith(WORDFREQ):
+        return wordfreq_counts(calibration.tokenizer, cfg.corpus[len(WORDFREQ):], vocab)
+    return token_counts(calibration.tokenizer, corpus_texts(cfg, calibration), vocab)
 
 
 def corpus_texts(cfg: FrequencyTableConfig, calibration: Calibration) -> list[str]:
@@ -161,7 +200,7 @@ def split_table(model: nn.Module, cfg: FrequencyTableConfig, calibration: Calibr
     check(cfg.rare != "int2" or d % cfg.rare_block == 0, f"rare_block = {cfg.rare_block} does not divide the width {d}",
           "use a rare_block that divides the embedding width")
     tok = calibration.tokenizer
-    counts = token_counts(tok, corpus_texts(cfg, calibration), v)
+    counts = corpus_counts(cfg, calibration, v)
     order = rank_tokens(counts, list(getattr(tok, "all_special_ids", [])))
     if cfg.frequent is not None:
         k = min(cfg.frequent, v)
