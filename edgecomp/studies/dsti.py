@@ -33,7 +33,7 @@ from ..paths import cache_dir, shared_data_dir
 
 MODEL = "all-minilm-l6-v2"
 SEQ = 128
-BUILD_STEPS = ({"method": "sparsify", "steps": 300, "l1": 0.05, "lr": 5e-5},
+BUILD_STEPS = ({"method": "sparsify", "steps": 150, "l1": 0.2, "lr": 1e-4},
                {"method": "moefy", "experts": 16},
                {"method": "expert-gates"})
 
@@ -208,13 +208,15 @@ def run_study(out_json: Path, rows: list[Row], arm: bool = True, x86_runs: int =
             else:
                 if dsti_model is None:
                     dsti_model, report = build_dsti_model(copy.deepcopy(dense), tok, texts.calibration, steps, log)
-                    result["dsti_build"] = {"steps": steps, "calibration_texts": len(texts.calibration),
-                                            "report": report}
+                    result.setdefault("builds", {})[_key(steps)] = {"steps": steps, "report": report,
+                                                                    "calibration_texts": len(texts.calibration)}
                 model = dsti_model
             t0 = time.time()
             r = measure_row(row, model, tok, work, pairs, split_calibration(Calibration(tok, texts.calibration))[1],
                             feeds, arm, x86_runs, log)
             r["seconds"] = round(time.time() - t0, 1)
+            if row.kind == "dsti":
+                r["build"] = _key(steps)
             done[row.name] = r
             result["rows"] = list(done.values())
             _derive(result)
