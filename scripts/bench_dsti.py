@@ -96,11 +96,17 @@ def main() -> None:
     ap.add_argument("--no-arm64", action="store_true")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--render", action="store_true", help="only re-render the Markdown and plot")
+    ap.add_argument("--latency-pass", action="store_true",
+                    help="re-measure every row's x86 latency side by side (round-robin) and re-render")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "dsti" / "bench_dsti")
     a = ap.parse_args()
     out_json = a.out.with_suffix(".json")
     if a.render:
         render(a.out, json.loads(out_json.read_text()))
+        return
+    if a.latency_pass:
+        t0 = time.time()
+        render(a.out, dsti.latency_pass(out_json, log=lambda s: print(f"{time.time() - t0:7.1f}s {s}", file=sys.stderr)))
         return
     arm = not a.no_arm64 and env_present()
     t0 = time.time()
