@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--thresholds", type=float, nargs="*", default=[0.0, 0.3, 0.4, 0.5])
     ap.add_argument("--budgets", type=float, nargs="*", default=[], help="dynamic-k budget searches (held-aside cosine)")
     ap.add_argument("--sparsify-steps", type=int, default=None)
+    ap.add_argument("--variant", choices=sorted(dsti.VARIANTS), default="dsti",
+                    help="the DSTI build: all steps, or without the sparsify fine-tune")
     ap.add_argument("--x86-runs", type=int, default=20)
     ap.add_argument("--no-arm64", action="store_true")
     ap.add_argument("--fresh", action="store_true")
@@ -110,8 +112,8 @@ def main() -> None:
         return
     arm = not a.no_arm64 and env_present()
     t0 = time.time()
-    result = dsti.run_study(out_json, dsti.parse_rows(a.thresholds, a.budgets), arm=arm, x86_runs=a.x86_runs,
-                            fresh=a.fresh, sparsify_steps=a.sparsify_steps,
+    result = dsti.run_study(out_json, dsti.parse_rows(a.thresholds, a.budgets, a.variant), arm=arm, x86_runs=a.x86_runs,
+                            fresh=a.fresh, sparsify_steps=a.sparsify_steps, variant=a.variant,
                             log=lambda s: print(f"{time.time() - t0:7.1f}s {s}", file=sys.stderr, flush=True))
     result["command"] = "python scripts/bench_dsti.py " + " ".join(sys.argv[1:])
     out_json.write_text(json.dumps(result, indent=2) + "\n")

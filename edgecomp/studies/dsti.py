@@ -51,10 +51,14 @@ DEFAULT_ROWS = [Row("dense int8", "dense"), Row("dsti tau 0 (all experts)", "dst
                 Row("dsti tau 0.5", "dsti", threshold=0.5)]
 
 
-def parse_rows(thresholds: list[float], budgets: list[float]) -> list[Row]:
+# build variants: the steps before dynamic-k (the rows' label names the variant)
+VARIANTS = {"dsti": BUILD_STEPS, "dsti-nosparsify": BUILD_STEPS[1:]}
+
+
+def parse_rows(thresholds: list[float], budgets: list[float], variant: str = "dsti") -> list[Row]:
     rows = [Row("dense int8", "dense")]
-    rows += [Row(f"dsti tau {t:g}" + (" (all experts)" if t == 0 else ""), "dsti", threshold=t) for t in thresholds]
-    rows += [Row(f"dsti budget {b:g}", "dsti", budget=b) for b in budgets]
+    rows += [Row(f"{variant} tau {t:g}" + (" (all experts)" if t == 0 else ""), "dsti", threshold=t) for t in thresholds]
+    rows += [Row(f"{variant} budget {b:g}", "dsti", budget=b) for b in budgets]
     return rows
 
 
@@ -168,7 +172,7 @@ def _slug(name: str) -> str:
 
 
 def run_study(out_json: Path, rows: list[Row], arm: bool = True, x86_runs: int = 20, fresh: bool = False,
-              sparsify_steps: int | None = None, log=print) -> dict:
+              sparsify_steps: int | None = None, variant: str = "dsti", log=print) -> dict:
     """Measure ``rows`` (those not in ``out_json`` yet unless ``fresh``), writing the JSON after each row."""
     import copy
     import tempfile
@@ -189,8 +193,8 @@ def run_study(out_json: Path, rows: list[Row], arm: bool = True, x86_runs: int =
     tok = loaded.tokenizer
     pairs = read_sts("dev")
     texts = study_texts(quick=True)
-    steps = [dict(s) for s in BUILD_STEPS]
-    if sparsify_steps is not None:
+    steps = [dict(s) for s in VARIANTS[variant]]
+    if sparsify_steps is not None and steps[0]["method"] == "sparsify":
         steps[0]["steps"] = sparsify_steps
     feeds = bench_feeds(tok)
     if "sts_fp32_pytorch" not in result:
