@@ -35,9 +35,12 @@ def markdown(result: dict) -> str:
     lines = [f"# DSTI on {result['model']}: instructions vs quality (seq {result['seq_len']}, batch 1, 1 thread)", "",
              f"Goal (issue 18): {GOAL}. STS: {result['sts']}; dense fp32 PyTorch Spearman x100 = "
              f"{result['sts_fp32_pytorch']}. Bench input: {result['bench_input']}.", "",
+             *([f"Kernel paths: " + "; ".join(f"{m}: {p}" for m, p in result["kernel_paths"].items()), ""]
+               if "kernel_paths" in result else []),
              "| row | taus per layer | experts run | FFN MACs / token (vs dense) | STS drop PyTorch | STS drop artifact | "
-             "ARM instr / inference (A76) | vs int8 | x86 p50 ms | vs int8 | MB | artifact vs its PyTorch (cos min) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ARM instr / inference (A76) | vs int8 | x86 p50 ms (row pass) | vs int8 | x86 side by side vs int8 | MB | "
+             "artifact vs its PyTorch (cos min) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         share = r.get("expert_share_per_layer")
         taus = ", ".join(f"{t:g}" for t in r["thresholds"]) if r.get("thresholds") else "dense"
@@ -47,14 +50,20 @@ def markdown(result: dict) -> str:
             f"{r['sts_pytorch_drop']:+.2f}", f"{r['sts_artifact_drop']:+.2f}",
             f"{r['arm_instructions']:,}" if "arm_instructions" in r else "-",
             f"{r['arm_vs_dense_int8']:.3f}" if "arm_vs_dense_int8" in r else "-",
-            f"{r['x86_latency_ms_p50']:.2f}", f"{r['x86_vs_dense_int8']:.2f}", f"{r['bytes'] / 1e6:.1f}",
+            f"{r['x86_latency_ms_p50']:.2f}", f"{r['x86_vs_dense_int8']:.2f}",
+            f"{r['x86_side_by_side_vs_dense_int8']:.2f}" if "x86_side_by_side_vs_dense_int8" in r else "-",
+            f"{r['bytes'] / 1e6:.1f}",
             f"{r['artifact_vs_its_pytorch_cos_min']:.4f}"]) + " |")
     lines += ["", "STS drop: dense fp32 PyTorch Spearman minus the row's (positive = worse). Experts run: mean share "
               "per token on the STS sentences, all layers. ARM instructions: native probe under qemu-aarch64 "
-              "(insn_count plugin), median of 2 runs; x86: native probe median. All rows measured in one run "
+              "(insn_count plugin), median of 2 runs; x86: native probe median, per row as measured (row pass: other "
+              "processes' load varied between rows) and, where measured, side by side (--latency-pass: round-robin, "
+              "median of 3 rounds of 10). All rows measured in one run "
               "unless the JSON's per-row seconds say otherwise (rows are resumable).", ""]
     if "command" in result:
         lines += [f"Command: `{result['command']}`", ""]
+    for c in result.get("commands", []):
+        lines.append(f"- `{c}`")
     return "\n".join(lines)
 
 
@@ -98,6 +107,7 @@ def main() -> None:
     ap.add_argument("--no-arm64", action="store_true")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--render", action="store_true", help="only re-render the Markdown and plot")
+    ap.add_argument("--latency-rows", nargs="*", default=None, help="the rows the latency pass measures (default: all)")
     ap.add_argument("--latency-pass", action="store_true",
                     help="re-measure every row's x86 latency side by side (round-robin) and re-render")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "dsti" / "bench_dsti")
@@ -108,7 +118,7 @@ def main() -> None:
         return
     if a.latency_pass:
         t0 = time.time()
-        render(a.out, dsti.latency_pass(out_json, log=lambda s: print(f"{time.time() - t0:7.1f}s {s}", file=sys.stderr)))
+        render(a.out, dsti.latency_pass(out_json, names=a.latency_rows, log=lambda s: print(f"{time.time() - t0:7.1f}s {s}", file=sys.stderr)))
         return
     arm = not a.no_arm64 and env_present()
     t0 = time.time()
