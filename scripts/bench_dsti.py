@@ -58,8 +58,8 @@ def markdown(result: dict) -> str:
               "per token on the STS sentences, all layers. ARM instructions: native probe under qemu-aarch64 "
               "(insn_count plugin), median of 2 runs; x86: native probe median, per row as measured (row pass: other "
               "processes' load varied between rows) and, where measured, side by side (--latency-pass: round-robin, "
-              "median of 3 rounds of 10). All rows measured in one run "
-              "unless the JSON's per-row seconds say otherwise (rows are resumable).", ""]
+              "median of 3 rounds of 10). Rows are resumable: the commands below measured them in turn on one "
+              "host; ARM instruction counts do not depend on its load, x86 latencies do.", ""]
     if "command" in result:
         lines += [f"Command: `{result['command']}`", ""]
     for c in result.get("commands", []):
