@@ -30,6 +30,8 @@ from .bench.memory import peak_rss_mb
 from .bench.native import default_options, measure_native
 from .bench.size import artifact_size_breakdown, torch_size_breakdown
 from .errors import EdgecompError
+from .kernels import build_custom_ops, uses_edgecomp_ops
+from .lower import moe as lower_moe
 from .manifest import MANIFEST, sha256, write_json_atomic
 from .outdir import check_output, staged_output_dir, written_files
 from .quiet import native_stderr_silenced
@@ -130,9 +132,13 @@ class BuildContext:
             self.log("lower: PyTorch -> ONNX")
             self.onnx_io = export_model_onnx(self.loaded.model, self.task, raw, self.target.opset,
                                              head=graph_head(self.task, self.loaded.spec))
+            moe = lower_moe.finish_moe_export(raw)  # MoE layers (compress/moe.py): + the op's fallback function
             self.log("simplify: onnxslim")
             simplified = self.work / "fp32.onnx"
             self.onnx_io["simplify"] = simplify_onnx(raw, simplified, keep_factorized=self.keep_factorized)
+            if moe:  # the lowered graph computes what the PyTorch MoE model does (not the dense one)
+                self.onnx_io["moe"] = lower_moe.verify_moe_graph(simplified, self.loaded.model, self.calibration_feeds()[:4],
+                                                                 self.task.output_names[0])
             self.produced[key] = simplified
         return self.produced[key]
 
@@ -142,7 +148,8 @@ class BuildContext:
         return spec.filename
 
     def onnx_info(self) -> dict:
-        return {"exporter": self.onnx_io.get("exporter"), "simplify": self.onnx_io.get("simplify")}
+        return {"exporter": self.onnx_io.get("exporter"), "simplify": self.onnx_io.get("simplify"),
+                **({"moe_verification": self.onnx_io["moe"]} if "moe" in self.onnx_io else {})}
 
     def quantize(self, src: Path, dst: Path, spec: ArtifactSpec) -> dict:
         from .optimize.quantize import quantize_onnx
@@ -150,6 +157,8 @@ class BuildContext:
         return quantize_onnx(src, dst, spec.scheme, calibration=self.calibration_feeds, model=self.loaded.model)
 
     def finish_onnx(self, dst: Path, spec: ArtifactSpec, info: dict) -> None:
+        if spec.scheme is not None and "moe" in self.onnx_io:  # ORT's quantizer leaves the custom op's experts float
+            info["moe"] = {**lower_moe.quantize_moe_experts(dst), "thresholds": lower_moe.moe_thresholds(dst)}
         if self.options.custom_ops:
             # After quantization: the quantizers match standard ops only, so functions must wrap their output.
             import onnx
@@ -254,7 +263,9 @@ def produce_ort(ctx: Lowering, spec: ArtifactSpec) -> tuple[Path, dict]:
         from .optimize.external_data import copy_self_contained
 
         copy_self_contained(src, staged)  # the converter writes one flatbuffer whatever the .onnx layout
-    ort_path, cfg = to_ort_format(staged, ctx.out)
+    # a graph with edgecomp's op keeps the node (the kernel) only when converted with the library registered
+    library = str(build_custom_ops()) if uses_edgecomp_ops(staged) else None
+    ort_path, cfg = to_ort_format(staged, ctx.out, custom_op_library=library)
     return ort_path, {"derived_from": src.name, "required_operators_config": cfg.name}
 
 

@@ -37,6 +37,9 @@ class Adapter:
     # rows of each FFN up Linear per neuron: ModernBERT's Wi and Phi-3's gate_up_proj stack two halves
     # ([up; gate]), neuron j owning rows j and width + j
     ffn_halves: int = 1
+    # the FFN's activation module between ffn-up and ffn-down, inside a block (None: not a module of its own,
+    # e.g. fused into the up projection's caller); methods that replace the whole FFN (compress/moe.py) read it
+    ffn_activation: str | None = None
     head: str | None = None  # output projection, relative to the whole model (LM heads)
     decoder: bool = False
     # one block applied at every depth (ALBERT): a block-by-block method cannot train it per layer

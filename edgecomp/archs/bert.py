@@ -12,4 +12,5 @@ BERT = register(Adapter(
     norms=("attention.output.LayerNorm", "output.LayerNorm"),
     token_table="embeddings.word_embeddings",
     shared_inputs=(("query", "key", "value"),),
+    ffn_activation="intermediate.intermediate_act_fn",
 ))

@@ -1,0 +1,448 @@
+"""DSTI (dense -> sparse mixture of experts with a dynamic expert count): four registered steps, in order.
+
+- ``sparsify``: a short fine-tune that makes the FFN activations sparse (L1 on them) while distilling the
+  dense model's last hidden state (MSE to a frozen copy), on the calibration text. Sparse activations are
+  what lets a few experts carry a token: the neurons left out are the ones near zero anyway.
+- ``moefy``: per block, the FFN's neurons -> ``experts`` groups of equal size by co-activation (balanced
+  k-means on each neuron's |activation| over calibration tokens), and the FFN (ffn-up, ffn_activation,
+  ffn-down of the family's adapter) -> ``MoEFeedForward`` (compress/moe.py) over the permuted W1 rows / W2
+  columns. With every expert running it is the dense FFN exactly (only the neuron order changed).
+- ``expert-gates``: per MoE layer, the gate (a linear map of the FFN input) is fitted by ridge least squares
+  to each expert's output norm ||act(x W1_e^T + b1_e) W2_e^T||, on the cached inputs of the calibration text.
+- ``dynamic-k``: the threshold tau per layer (expert e runs for a token when its score >= tau * the token's
+  best score, the kernel's rule): a given ``threshold``, or the largest taus whose mean-pooled output keeps
+  ``budget`` (cosine against the same model with every expert running) on the held-aside calibration text
+  (the last ``holdout`` share, which the other steps do not train on). The taus and the experts' share on
+  that text land in the step report (the manifest's compression block).
+
+Exported, every MoE layer is one ``edgecomp.MoEFeedForward`` node (edgecomp/lower/moe.py): int8 experts
+run by the custom-op kernel, whose cost follows the experts each token runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import EdgecompError
+from . import METHODS
+from .base import Calibration, StepReport, check, n_params, pooled_embeddings, require_calibration, set_submodule
+from .moe import MoEFeedForward, activation_name, ffn_modules, moe_layers
+
+HOLDOUT = 0.25  # the calibration text's last share: dynamic-k's held-aside text, unseen by the other steps
+
+
+def split_calibration(cal: Calibration, holdout: float = HOLDOUT) -> tuple[Calibration, Calibration]:
+    """(training part, held-aside part) of the calibration text; one text serves both when there is one."""
+    n = len(cal.texts)
+    cut = max(1, min(n - 1, int(round(n * (1 - holdout))))) if n > 1 else 1
+    train = copy.copy(cal)
+    train.texts = cal.texts[:cut]
+    held = copy.copy(cal)
+    held.texts = cal.texts[cut:] or cal.texts
+    return train, held
+
+
+def _real_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x[mask.bool()] if x.dim() == 3 and x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# sparsify
+@dataclass
+class SparsifyConfig:
+    steps: int = 100
+    lr: float = 1e-4
+    l1: float = 0.2  # weight of mean |FFN activation| against the distillation MSE (relative to the target's power)
+    batch_size: int = 16
+    zero: float = 0.01  # |activation| below this counts as zero in the report
+
+    def __post_init__(self):
+        check(self.steps >= 1, f"steps = {self.steps} is below 1", "use steps >= 1, e.g. 100")
+        check(self.lr > 0, f"lr = {self.lr} is not positive", "use e.g. lr = 5e-5")
+        check(self.l1 >= 0, f"l1 = {self.l1} is negative", "use l1 >= 0, e.g. 0.05")
+        check(self.batch_size >= 1, f"batch_size = {self.batch_size} is below 1", "use e.g. batch_size = 16")
+
+
+def _activation_modules(model: nn.Module, method: str) -> list[nn.Module]:
+    _, blocks = ffn_modules(model, method)
+    return [blk.get_submodule(act) for blk, _, act, _ in blocks]
+
+
+def activation_sparsity(model: nn.Module, cal: Calibration, zero: float, method: str = "sparsify") -> float:
+    """Share of FFN activations with |a| < ``zero`` over the real calibration tokens, all blocks."""
+    acts = _activation_modules(model, method)
+    counts = [0, 0]
+    mask = {}
+
+    def hook(_m, _i, out):
+        a = _real_tokens(out, mask["m"])
+        counts[0] += int((a.abs() < zero).sum())
+        counts[1] += a.numel()
+
+    hs = [a.register_forward_hook(hook) for a in acts]
+    try:
+        with torch.no_grad():
+            for b in cal.batches():
+                mask["m"] = b["attention_mask"]
+                model(**b)
+    finally:
+        for h in hs:
+            h.remove()
+    return counts[0] / max(counts[1], 1)
+
+
+def sparsify(model: nn.Module, cfg: SparsifyConfig, calibration: Calibration | None) -> StepReport:
+    from .base import last_hidden_state
+
+    cal, _ = split_calibration(require_calibration(calibration, "sparsify"))
+    acts = _activation_modules(model, "sparsify")
+    rep = StepReport("sparsify", asdict(cfg), params_before=n_params(model), params_after=n_params(model))
+    before = activation_sparsity(model, cal, cfg.zero)
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    batches = list(cal.batches(cfg.batch_size))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    store: list[torch.Tensor] = []
+    mask = {}
+    hs = [a.register_forward_hook(lambda _m, _i, out: store.append(_real_tokens(out, mask["m"]))) for a in acts]
+    # eval mode while training: dropout would add noise the distillation then chases (and the MSE would
+    # not start at zero); the gradients are the same either way
+    losses = []
+    try:
+        for step in range(cfg.steps):
+            b = batches[step % len(batches)]
+            mask["m"] = b["attention_mask"]
+            m = b["attention_mask"].unsqueeze(-1).float()
+            with torch.no_grad():
+                want = last_hidden_state(teacher, b)
+            store.clear()
+            got = last_hidden_state(model, b)
+            mse = (((got - want) ** 2) * m).sum() / (m.sum() * got.shape[-1])
+            l1 = torch.stack([a.abs().mean() for a in store]).mean()
+            loss = mse / want.pow(2).mean().clamp_min(1e-12) + cfg.l1 * l1
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append((float(mse.detach()), float(l1.detach())))
+    finally:
+        for h in hs:
+            h.remove()
+        model.eval()
+    rep.details = {"activation_sparsity_before": round(before, 4),
+                   "activation_sparsity_after": round(activation_sparsity(model, cal, cfg.zero), 4),
+                   "mse_first_last": [round(losses[0][0], 6), round(losses[-1][0], 6)],
+                   "l1_first_last": [round(losses[0][1], 5), round(losses[-1][1], 5)],
+                   "train_texts": len(cal.texts)}
+    rep.modules = [f"{type(a).__name__}" for a in acts[:1]]
+    return rep
+
+
+# --------------------------------------------------------------------------------------------------
+# moefy
+@dataclass
+class MoefyConfig:
+    experts: int = 16
+    iterations: int = 15  # balanced k-means rounds
+    max_tokens: int = 4096  # calibration tokens per neuron's activation pattern
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.experts >= 2, f"experts = {self.experts} is below 2", "use e.g. experts = 16")
+        check(self.iterations >= 1, f"iterations = {self.iterations} is below 1", "use e.g. iterations = 15")
+        check(self.max_tokens >= 1, f"max_tokens = {self.max_tokens} is below 1", "use e.g. max_tokens = 4096")
+
+
+def balanced_kmeans(x: torch.Tensor, k: int, iterations: int, seed: int = 0) -> torch.Tensor:
+    """Labels [n] of ``x`` [n, f] into ``k`` clusters of exactly n/k points each: k-means whose assignment
+    step fills clusters in order of the points' best-vs-second-best distance margin up to capacity."""
+    n = x.shape[0]
+    cap = n // k
+    g = torch.Generator().manual_seed(seed)
+    x = nn.functional.normalize(x.double(), dim=1)
+    centers = x[torch.randperm(n, generator=g)[:k]].clone()
+    labels = torch.arange(n) // cap
+    for _ in range(iterations):
+        d = torch.cdist(x, centers)  # [n, k]
+        best2 = d.topk(2, dim=1, largest=False).values
+        order = torch.argsort(best2[:, 1] - best2[:, 0], descending=True)  # most decided first
+        pref = torch.argsort(d, dim=1)
+        fill = torch.zeros(k, dtype=torch.long)
+        new = torch.empty(n, dtype=torch.long)
+        for i in order.tolist():
+            for c in pref[i].tolist():
+                if fill[c] < cap:
+                    new[i] = c
+                    fill[c] += 1
+                    break
+        if torch.equal(new, labels):
+            break
+        labels = new
+        for c in range(k):
+            centers[c] = nn.functional.normalize(x[labels == c].mean(0), dim=0)
+    return labels
+
+
+@torch.no_grad()
+def moefy(model: nn.Module, cfg: MoefyConfig, calibration: Calibration | None) -> StepReport:
+    cal, _ = split_calibration(require_calibration(calibration, "moefy"))
+    layout, blocks = ffn_modules(model, "moefy")
+    rep = StepReport("moefy", asdict(cfg))
+    per_block = {}
+    for j, (blk, up_name, act_name, down_name) in enumerate(blocks):
+        up, act, down = blk.get_submodule(up_name), blk.get_submodule(act_name), blk.get_submodule(down_name)
+        if not isinstance(up, nn.Linear) or not isinstance(down, nn.Linear):
+            raise EdgecompError(f"moefy: {layout.block_paths[j]}.{up_name} is no longer a plain Linear",
+                                "run moefy before any step that replaces the feed-forward layers")
+        width, hidden = up.out_features, up.in_features
+        if width % cfg.experts:
+            raise EdgecompError(f"moefy: experts = {cfg.experts} does not divide the FFN width {width}",
+                                f"use a divisor of {width}, e.g. experts = {_divisor_near(width, cfg.experts)}")
+        activation = activation_name(act)
+        if activation is None:
+            raise EdgecompError(f"moefy: the FFN activation {type(act).__name__} has no MoE kernel",
+                                "use a model whose FFN activation is GELU (erf or tanh) or ReLU")
+        rows: list[torch.Tensor] = []
+        mask = {}
+
+        def hook(_m, _i, out):
+            rows.append(_real_tokens(out, mask["m"]).abs().float())
+
+        h = act.register_forward_hook(hook)
+        try:
+            for b in cal.batches():
+                mask["m"] = b["attention_mask"]
+                model(**b)
+        finally:
+            h.remove()
+        a = torch.cat(rows)[: cfg.max_tokens]  # [tokens, width]
+        labels = balanced_kmeans(a.T, cfg.experts, cfg.iterations, cfg.seed + j)
+        order = torch.argsort(labels * width + torch.arange(width))  # expert by expert, neuron order kept inside
+        d = width // cfg.experts
+        w1 = up.weight[order].reshape(cfg.experts, d, hidden)
+        b1 = (up.bias[order] if up.bias is not None else torch.zeros(width)).reshape(cfg.experts, d)
+        w2 = down.weight[:, order].reshape(hidden, cfg.experts, d).permute(1, 0, 2)
+        b2 = down.bias if down.bias is not None else torch.zeros(hidden)
+        before = n_params(up) + n_params(down)
+        moe = MoEFeedForward(w1, b1, w2, b2, activation, 0.0).to(up.weight.dtype)
+        set_submodule(blk, up_name, moe)
+        set_submodule(blk, act_name, nn.Identity())
+        set_submodule(blk, down_name, nn.Identity())
+        rep.params_before += before
+        rep.params_after += n_params(moe)
+        per_block[layout.block_paths[j]] = {"width": width, "experts": cfg.experts, "expert_size": d,
+                                            "activation": activation, "tokens": int(a.shape[0])}
+        rep.modules.append(f"{layout.block_paths[j]}.{up_name}")
+    rep.details["per_block"] = per_block
+    return rep
+
+
+def _divisor_near(width: int, want: int) -> int:
+    return min((e for e in range(2, width + 1) if width % e == 0), key=lambda e: (abs(e - want), e))
+
+
+# --------------------------------------------------------------------------------------------------
+# expert-gates
+@dataclass
+class ExpertGatesConfig:
+    ridge: float = 1e-3  # added to the input covariance diagonal, relative to its mean
+    max_tokens: int = 8192
+
+    def __post_init__(self):
+        check(self.ridge >= 0, f"ridge = {self.ridge} is negative", "use ridge >= 0, e.g. 0.001")
+        check(self.max_tokens >= 1, f"max_tokens = {self.max_tokens} is below 1", "use e.g. max_tokens = 8192")
+
+
+def _require_moe(model: nn.Module, method: str) -> list[tuple[str, MoEFeedForward]]:
+    layers = moe_layers(model)
+    if not layers:
+        raise EdgecompError(f"{method}: the model has no MoE feed-forward layers", "run a moefy step before it")
+    return layers
+
+
+def moe_inputs(model: nn.Module, cal: Calibration, max_tokens: int) -> dict[str, torch.Tensor]:
+    """Each MoE layer's input on the real calibration tokens (every expert running), up to max_tokens."""
+    layers = _require_moe(model, "expert-gates")
+    saved = [m.threshold for _, m in layers]
+    for _, m in layers:
+        m.threshold = 0.0
+    got: dict[str, list] = {n: [] for n, _ in layers}
+    mask = {}
+    hs = [m.register_forward_pre_hook(lambda _m, args, n=n: got[n].append(_real_tokens(args[0], mask["m"]).detach()))
+          for n, m in layers]
+    try:
+        with torch.no_grad():
+            for b in cal.batches():
+                mask["m"] = b["attention_mask"]
+                model(**b)
+    finally:
+        for h in hs:
+            h.remove()
+        for (_, m), t in zip(layers, saved):
+            m.threshold = t
+    return {n: torch.cat(v)[:max_tokens] for n, v in got.items()}
+
+
+@torch.no_grad()
+def expert_gates(model: nn.Module, cfg: ExpertGatesConfig, calibration: Calibration | None) -> StepReport:
+    cal, held = split_calibration(require_calibration(calibration, "expert-gates"))
+    layers = _require_moe(model, "expert-gates")
+    rep = StepReport("expert-gates", asdict(cfg))
+    inputs = moe_inputs(model, cal, cfg.max_tokens)
+    held_inputs = moe_inputs(model, held, cfg.max_tokens)
+    per_layer = {}
+    for name, m in layers:
+        x = inputs[name].double()
+        y = m.expert_outputs(x.to(m.w1.dtype)).norm(dim=-1).double()  # [T, E]
+        xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+        g = xa.T @ xa
+        g += cfg.ridge * g.diagonal().mean() * torch.eye(g.shape[0], dtype=g.dtype)
+        sol = torch.linalg.solve(g, xa.T @ y)  # [H+1, E]
+        m.gate.weight.copy_(sol[:-1].T.to(m.gate.weight.dtype))
+        m.gate.bias.copy_(sol[-1].to(m.gate.bias.dtype))
+        # how well the gate ranks the experts on held-aside tokens: the true top expert's rank agreement
+        xh = held_inputs[name]
+        true = m.expert_outputs(xh).norm(dim=-1)
+        pred = m.scores(xh)
+        top_hit = float((pred.argmax(-1) == true.argmax(-1)).float().mean())
+        rel_err = float(((pred - true).norm() / true.norm().clamp_min(1e-12)))
+        per_layer[name] = {"tokens": int(x.shape[0]), "held_top1_agreement": round(top_hit, 4),
+                           "held_rel_error": round(rel_err, 4)}
+        rep.modules.append(f"{name}.gate")
+    rep.params_before = rep.params_after = n_params(model)
+    rep.details["per_layer"] = per_layer
+    return rep
+
+
+# --------------------------------------------------------------------------------------------------
+# dynamic-k
+TAU_GRID = [0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9]
+
+
+@dataclass
+class DynamicKConfig:
+    threshold: float | None = None  # one tau for every layer (no search)
+    thresholds: list = field(default_factory=list)  # one tau per MoE layer (no search)
+    budget: float = 0.99  # else: the mean-pooled cosine vs every expert running that the search keeps
+    per_layer: bool = True  # the search refines each layer's tau after the common one
+    grid: list = field(default_factory=lambda: list(TAU_GRID))
+
+    def __post_init__(self):
+        taus = ([self.threshold] if self.threshold is not None else []) + list(self.thresholds) + list(self.grid)
+        for t in taus:
+            check(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0,
+                  f"threshold {t!r} is outside [0, 1]", "use a tau in [0, 1] (0 runs every expert)")
+        check(self.threshold is None or not self.thresholds, "give threshold or thresholds, not both",
+              "one tau for all layers (threshold) or one per layer (thresholds)")
+        check(0.0 < self.budget <= 1.0, f"budget = {self.budget} is outside (0, 1]", "use a cosine, e.g. budget = 0.99")
+        check(bool(self.grid), "grid is empty", "list the taus the search tries, e.g. grid = [0.1, 0.2, 0.3]")
+
+
+def expert_share(model: nn.Module, cal: Calibration) -> list[float]:
+    """Per MoE layer: the mean share of experts each real token runs on ``cal``."""
+    layers = _require_moe(model, "dynamic-k")
+    acc = {n: [0.0, 0] for n, _ in layers}
+    mask = {}
+
+    def hook(mod, _i, _o, n):
+        sel = _real_tokens(mod.last_selection, mask["m"]).float()
+        acc[n][0] += float(sel.sum())
+        acc[n][1] += sel.numel()
+
+    hs = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in layers]
+    try:
+        with torch.no_grad():
+            for b in cal.batches():
+                mask["m"] = b["attention_mask"]
+                model(**b)
+    finally:
+        for h in hs:
+            h.remove()
+    return [round(acc[n][0] / max(acc[n][1], 1), 4) for n, _ in layers]
+
+
+def ffn_macs_per_token(model: nn.Module, cal: Calibration) -> dict:
+    """FFN multiply-adds per real token, summed over blocks: MoE layers at the experts they run (+ the
+    gate), against their dense width."""
+    layers = _require_moe(model, "dynamic-k")
+    share = expert_share(model, cal)
+    macs = dense = 0
+    for (_, m), s in zip(layers, share):
+        full = 2 * m.experts * m.expert_size * m.hidden
+        dense += full
+        macs += s * full + m.experts * m.hidden
+    return {"ffn_macs_per_token": int(round(macs)), "dense_ffn_macs_per_token": dense,
+            "ratio": round(macs / dense, 4), "expert_share": share}
+
+
+def _cos(ref: torch.Tensor, model: nn.Module, cal: Calibration) -> float:
+    return float(nn.functional.cosine_similarity(ref, pooled_embeddings(model, cal), dim=-1).mean())
+
+
+@torch.no_grad()
+def dynamic_k(model: nn.Module, cfg: DynamicKConfig, calibration: Calibration | None) -> StepReport:
+    layers = _require_moe(model, "dynamic-k")
+    rep = StepReport("dynamic-k", asdict(cfg))
+    rep.params_before = rep.params_after = n_params(model)
+    n = len(layers)
+    if cfg.thresholds and len(cfg.thresholds) != n:
+        raise EdgecompError(f"dynamic-k: {len(cfg.thresholds)} thresholds for {n} MoE layers", f"give {n} taus, one per layer")
+
+    def set_taus(taus):
+        for (_, m), t in zip(layers, taus):
+            m.threshold = float(t)
+
+    held = split_calibration(calibration)[1] if calibration is not None else None
+    if cfg.threshold is not None or cfg.thresholds:
+        taus = list(cfg.thresholds) or [cfg.threshold] * n
+        chosen = "given"
+    else:
+        held = require_calibration(held, "dynamic-k")
+        set_taus([0.0] * n)
+        ref = pooled_embeddings(model, held)
+        grid = sorted(set(float(t) for t in cfg.grid) | {0.0})
+        # the common tau: the largest grid value that keeps the budget
+        best = 0.0
+        for t in grid:
+            set_taus([t] * n)
+            if _cos(ref, model, held) >= cfg.budget:
+                best = t
+            else:
+                break
+        taus = [best] * n
+        if cfg.per_layer:  # then each layer one grid step higher while the budget holds, round robin
+            moved = True
+            while moved:
+                moved = False
+                for i in range(n):
+                    up = [t for t in grid if t > taus[i]]
+                    if not up:
+                        continue
+                    trial = list(taus)
+                    trial[i] = up[0]
+                    set_taus(trial)
+                    if _cos(ref, model, held) >= cfg.budget:
+                        taus, moved = trial, True
+        chosen = "search"
+    set_taus(taus)
+    rep.details = {"thresholds": [round(float(t), 4) for t in taus], "chosen_by": chosen,
+                   "layers": [name for name, _ in layers]}
+    if held is not None:
+        set_taus([0.0] * n)
+        ref = pooled_embeddings(model, held)
+        set_taus(taus)
+        rep.details.update({"held_texts": len(held.texts), "held_cos_vs_all_experts": round(_cos(ref, model, held), 5),
+                            **ffn_macs_per_token(model, held)})
+    rep.modules = [name for name, _ in layers]
+    return rep
+
+
+METHODS.register("sparsify")((SparsifyConfig, sparsify))
+METHODS.register("moefy")((MoefyConfig, moefy))
+METHODS.register("expert-gates")((ExpertGatesConfig, expert_gates))
+METHODS.register("dynamic-k")((DynamicKConfig, dynamic_k))

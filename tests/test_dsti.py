@@ -1,0 +1,145 @@
+"""DSTI (compress/dsti.py, compress/moe.py, lower/moe.py) on tiny random-init BERTs.
+
+- moefy only regroups neurons: with every expert running (tau 0) the model computes what it did;
+- the lowered graph (one edgecomp.MoEFeedForward node per layer, int8 experts) matches the PyTorch MoE
+  model (not the dense one) with the kernel library registered and, without it, through the op's
+  standard-op fallback function;
+- a higher tau runs fewer experts (FFN multiply-adds counted);
+- `edgecomp export` with a DSTI recipe verifies the artifacts against the MoE model (manifest), ships int8
+  experts, and refuses a bad config in one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from edgecomp.compress import compress_model
+from edgecomp.compress.dsti import ffn_macs_per_token
+from edgecomp.compress.moe import MoEFeedForward, set_threshold
+from edgecomp.kernels import DOMAIN, OP_TYPE
+
+from shipped import export_cli, hidden_states, lower_encoder, open_target, quantized
+from test_compress_methods import I, V, calibration, tiny_bert
+from tiny import recipe_file, save_tiny_encoder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+GATED = [{"method": "moefy", "experts": 8, "iterations": 5}, {"method": "expert-gates"}]
+
+
+def _feeds(batch=2, seq=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def _torch_out(model, feeds):
+    with torch.no_grad():
+        return model(**feeds).last_hidden_state.numpy()
+
+
+def _cos_min(a, b):
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+
+
+def test_moefy_keeps_the_function_with_every_expert():
+    dense, model = tiny_bert(), tiny_bert()
+    report = compress_model(model, [{"method": "moefy", "experts": 8, "iterations": 5}], calibration())
+    layers = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+    assert len(layers) == 2 and all(m.experts == 8 and m.expert_size == I // 8 for m in layers)
+    feeds = _feeds()
+    assert np.abs(_torch_out(model, feeds) - _torch_out(dense, feeds)).max() < 1e-5
+    # the neurons were regrouped, not kept in place (the clustering did something)
+    up = dense.encoder.layer[0].intermediate.dense.weight
+    assert not torch.equal(layers[0].w1.reshape(I, -1), up)
+    assert report["steps"][0]["params_after"] > 0
+
+
+@pytest.fixture(scope="module")
+def gated():
+    model = tiny_bert()
+    compress_model(model, GATED + [{"method": "dynamic-k", "threshold": 0.5}], calibration())
+    return model
+
+
+def test_higher_threshold_runs_fewer_experts(gated):
+    cal = calibration()
+    macs = {}
+    for tau in (0.0, 0.3, 0.6, 0.9):
+        set_threshold(gated, tau)
+        macs[tau] = ffn_macs_per_token(gated, cal)
+    set_threshold(gated, 0.5)
+    assert macs[0.0]["expert_share"] == [1.0, 1.0]
+    ratios = [macs[t]["ratio"] for t in (0.0, 0.3, 0.6, 0.9)]
+    assert all(a > b for a, b in zip(ratios, ratios[1:])), ratios
+    assert macs[0.9]["ratio"] < 0.6
+
+
+def test_lowered_graph_matches_the_moe_model_with_and_without_the_library(gated, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    fp32 = lower_encoder(gated, tmp_path / "moe.onnx")
+    int8 = quantized(fp32, tmp_path / "moe-int8.onnx", "dynamic-per-channel")
+    graph = onnx.load(str(int8))
+    nodes = [n for n in graph.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+    assert len(nodes) == 2 and any(f.name == OP_TYPE for f in graph.functions)
+    inits = {t.name: t for t in graph.graph.initializer}
+    assert inits[nodes[0].input[2]].data_type == onnx.TensorProto.INT8
+    feeds = _feeds()
+    want = _torch_out(gated, feeds)
+    dense = _torch_out(tiny_bert(), feeds)
+    assert np.abs(hidden_states(fp32, feeds) - want).max() < 1e-4  # the kernel's float path
+    kernel = hidden_states(int8, feeds)  # open_artifact registers the library (session options)
+    plain = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])  # no library: the fallback body
+    fallback = plain.run(["last_hidden_state"], {k: v.numpy() for k, v in feeds.items()})[0]
+    for got in (kernel, fallback):
+        assert _cos_min(got, want) > 0.995
+        # closer to the MoE model than the dense one is: the skipped experts are really skipped
+        assert np.abs(got - want).max() < np.abs(dense - want).max()
+
+
+def test_export_cli_verifies_against_the_moe_model(tmp_path):
+    import onnx
+
+    model_dir = save_tiny_encoder("bert", tmp_path / "m")
+    target = open_target(tmp_path / "t.toml", [{"name": "model", "format": "onnx", "precision": "int8",
+                                                "quantization": "dynamic-per-channel", "primary": True}])
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(["the movie was good", "a dull plot and a long scene", "funny actors in a short film",
+                                "the story is bad", "good scene, good actor", "a long film with a dull story"] * 3))
+    recipe = recipe_file(tmp_path / "r.toml", 'steps = [{method = "sparsify", steps = 3}, '
+                                              '{method = "moefy", experts = 8, iterations = 3}, {method = "expert-gates"}, '
+                                              '{method = "dynamic-k", budget = 0.98}]\nformats = ["onnx"]\n')
+    manifest = export_cli(model_dir, target, tmp_path / "out", recipe, texts)
+    rec = manifest["artifacts"][0]
+    assert rec["moe_verification"]["cos_min"] >= 0.999  # fp32 graph vs the PyTorch MoE model
+    assert rec["moe"]["moe_layers"] == 2 and len(rec["moe"]["thresholds"]) == 2
+    assert rec["session_options"].get("custom_ops") == "edgecomp"
+    steps = {s["method"]: s for s in manifest["compression"]["steps"]}
+    assert steps["dynamic-k"]["details"]["thresholds"] == rec["moe"]["thresholds"]
+    g = onnx.load(str(tmp_path / "out" / rec["path"]))
+    assert sum(n.op_type == OP_TYPE for n in g.graph.node) == 2
+
+
+@pytest.mark.parametrize("step, words", [
+    ('{method = "moefy", experts = 7}', "does not divide the FFN width 128"),
+    ('{method = "dynamic-k", threshold = 1.5}', "outside [0, 1]"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, step, words):
+    model_dir = save_tiny_encoder("bert", tmp_path / "m")
+    target = open_target(tmp_path / "t.toml", [{"name": "model", "format": "onnx", "precision": "fp32", "primary": True}])
+    recipe = recipe_file(tmp_path / "r.toml", f"steps = [{step}]\n")
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "edgecomp", "export", str(model_dir), "--target", str(target),
+                          "--recipe", str(recipe), "-o", str(tmp_path / "out"), "--no-bench"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    # progress lines ("  0.0s load: ...") may precede the one error line
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.lstrip()[:1].isdigit()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
