@@ -71,6 +71,7 @@ class ExportOptions:
     max_length: int | None = None  # truncation limit of every artifact (default: export_max_length)
     checks: bool = True  # the target's CHECKS (arm64 under qemu, ...); `edgecomp fit` measures candidates without
     with_tokenizer: bool = False  # also string-input twins of the ONNX Runtime artifacts (edgecomp/lower/tokenizer.py)
+    adapters: object | None = None  # edgecomp.adapt.export.AdapterSlots: LoRA-XS slots + trained adapters
 
 
 @dataclass
@@ -130,6 +131,8 @@ class BuildContext:
         return quantize_onnx(src, dst, spec.scheme, calibration=self.calibration_feeds, model=self.loaded.model)
 
     def finish_onnx(self, dst: Path, spec: ArtifactSpec, info: dict) -> None:
+        if self.options.adapters is not None:  # after quantization: the adapter path stays float
+            info.update(self.options.adapters.add_slots(self, dst))
         if self.options.custom_ops:
             # After quantization: the quantizers match standard ops only, so functions must wrap their output.
             import onnx
@@ -506,6 +509,8 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
             compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts),
                                          quant=train_view(job), log=log)
         records = plan.build(job)
+        if options.adapters is not None:  # trained adapters next to the base (edgecomp.adapt.export)
+            job.blocks["adapters"] = options.adapters.export(job, records)
 
         shutil.rmtree(work, ignore_errors=True)
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT
