@@ -1,0 +1,50 @@
+"""Task adapters on real MiniLM: head-only, LoRA r=8, LoRA-XS r=4/8/16/25 and full fine-tuning on SST-2 and STS
+(quality, trainable params, bytes per task), then one base + 3 adapters vs 3 separate models (peak RSS, latency,
+time to switch task) in fresh subprocesses. Resumable: each quality row is cached under OUT/cache.
+
+    nice -n 10 python scripts/bench_adapters.py [--steps 40] [--dev-rows 500] [--out results/adapters]
+
+Logic in edgecomp/adapt/bench.py; writes OUT/bench_adapters.json and OUT/bench_adapters.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    from edgecomp.adapt import bench
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="all-minilm-l6-v2")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder with sst2/ and sts/")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--dev-rows", type=int, default=500, help="dev rows per task (0: all)")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per memory setup")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "adapters")
+    a = ap.parse_args()
+    t0 = time.time()
+    log = lambda s: print(f"{time.time() - t0:7.1f}s {s}", flush=True)  # noqa: E731
+    report = bench.run(a.model, a.data, a.out, steps=a.steps, dev_rows=a.dev_rows or None, repeats=a.repeats,
+                       memory=not a.no_memory, log=log)
+    report["command"] = f"python scripts/bench_adapters.py --steps {a.steps} --dev-rows {a.dev_rows}"
+    stem = a.out / "bench_adapters"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(bench.markdown(report))
+    # the run at this step count also kept on its own, so a longer run does not hide the quick one
+    (a.out / f"bench_adapters_steps{a.steps}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (a.out / f"bench_adapters_steps{a.steps}.md").write_text(bench.markdown(report))
+    print(bench.markdown(report))
+
+
+if __name__ == "__main__":
+    main()
