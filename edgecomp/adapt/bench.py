@@ -120,7 +120,10 @@ so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads 
 def session(p):
     return ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
 def rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM belongs to the address space exec made; ru_maxrss would carry the forking parent's peak
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 out = {"mode": mode}
 if mode == "adapters":
     t = time.perf_counter(); s = session(paths[0]); out["session_load_ms"] = (time.perf_counter() - t) * 1e3
@@ -139,8 +142,11 @@ if mode == "adapters":
         t = time.perf_counter(); ro = ort.RunOptions(); ro.add_active_adapter(a); switch.append((time.perf_counter() - t) * 1e3)
         t = time.perf_counter(); s.run(None, feeds, ro); run_switched.append((time.perf_counter() - t) * 1e3)
         t = time.perf_counter(); s.run(None, feeds, ro); run_same.append((time.perf_counter() - t) * 1e3)
+    plain = []
+    for i in range(10):
+        t = time.perf_counter(); s.run(None, feeds); plain.append((time.perf_counter() - t) * 1e3)
     out.update(switch_ms=statistics.median(switch), run_after_switch_ms=statistics.median(run_switched),
-               run_same_task_ms=statistics.median(run_same))
+               run_same_task_ms=statistics.median(run_same), run_no_adapter_ms=statistics.median(plain))
 else:
     sessions, loads = [], []
     for p in paths:
@@ -168,11 +174,12 @@ def _probe(mode: str, feeds: Path, paths: list[Path]) -> dict:
 
 def memory_block(model_name: str, adapters: list[Path], work: Path, repeats: int, log) -> dict:
     """Export the base with the adapters (the shipped path: pipeline.export), then probe in fresh processes:
-    one model, one base + 3 adapters, 3 separate models (each adapter merged into its own copy)."""
+    one plain model (the base without slots), one base with slots + 3 adapters, 3 separate plain models (three
+    files: a fine-tuned copy per task has the plain model's size and graph; the values do not matter here)."""
     from ..pipeline import ExportOptions, export
     from ..texts import default_texts
     from .export import AdapterSlots
-    from .onnx import merge_into_graph
+    from .onnx import strip_slots
 
     out = work / "export"
     if not (out / "manifest.json").is_file():
@@ -183,14 +190,12 @@ def memory_block(model_name: str, adapters: list[Path], work: Path, repeats: int
     manifest = json.loads((out / "manifest.json").read_text())
     base = out / manifest["artifacts"][0]["path"]  # the primary (int8) artifact
     files = [out / a["path"] for a in manifest["adapters"]["adapters"]]
-    import onnxruntime as ort
+    import shutil
 
-    merged = []
-    for i, f in enumerate(files):
-        dst = work / f"separate-{i}.onnx"
-        params = {k: v.numpy() for k, v in ort.AdapterFormat.read_adapter(str(f)).get_parameters().items()}
-        merge_into_graph(base, dst, params)
-        merged.append(dst)
+    merged = [work / "separate-0.onnx"]
+    strip_slots(base, merged[0])
+    for i in (1, 2):
+        merged.append(Path(shutil.copy(merged[0], work / f"separate-{i}.onnx")))
     from ..texts import tokenize
     from transformers import AutoTokenizer
 
@@ -206,7 +211,8 @@ def memory_block(model_name: str, adapters: list[Path], work: Path, repeats: int
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0] if m != "mode"} for k, v in runs.items()}
     one = med["one_model"]["peak_rss_mb"]
     return {"base_artifact": base.name, "base_bytes": base.stat().st_size, "adapters": [f.name for f in files],
-            "adapter_bytes": [f.stat().st_size for f in files], "separate_model_bytes": merged[0].stat().st_size,
+            "adapter_bytes": [f.stat().st_size for f in files], "plain_model_bytes": merged[0].stat().st_size,
+            "slot_bytes": manifest["adapters"]["slots"]["slot_bytes"],
             "feeds": {"batch": 1, "seq_len": int(feeds["input_ids"].shape[1])}, "repeats": repeats,
             "median": med, "rss_base_3_adapters_vs_one_model": round(med["base_3_adapters"]["peak_rss_mb"] / one, 3),
             "rss_three_models_vs_one_model": round(med["three_models"]["peak_rss_mb"] / one, 3),
@@ -241,8 +247,8 @@ def run(model_name: str, data_dir: Path, out_dir: Path, steps: int = 40, dev_row
         if picks:
             third = _third_adapter(picks[0], out_dir / "work")
             report["memory"] = memory_block(model_name, [*picks, third], out_dir / "work", repeats, log)
-            report["memory"]["third_adapter"] = ("a copy of the SST-2 adapter with R negated: the memory and switch "
-                                                 "figures do not depend on the values")
+            report["memory"]["third_adapter"] = ("The third adapter is a copy of the SST-2 one with R negated: memory "
+                                                 "and switch figures do not depend on the values")
     return report
 
 
@@ -293,10 +299,12 @@ def markdown(report: dict) -> str:
                   f"{med['three_models']['run_ms']:.1f} | {med['three_models']['session_load_ms']:.0f} |", "",
                   f"Switching task with adapters: {med['base_3_adapters']['switch_ms'] * 1e3:.0f} µs to make the run options "
                   f"(median), a run right after a switch {med['base_3_adapters']['run_after_switch_ms']:.1f} ms vs "
-                  f"{med['base_3_adapters']['run_same_task_ms']:.1f} ms on the same task; loading an adapter file "
+                  f"{med['base_3_adapters']['run_same_task_ms']:.1f} ms on the same task and "
+                  f"{med['base_3_adapters']['run_no_adapter_ms']:.1f} ms with no adapter active; loading an adapter file "
                   f"{med['base_3_adapters']['adapter_load_ms']:.2f} ms. Without adapters a switch is a session load "
                   f"({med['three_models']['session_load_ms']:.0f} ms) unless every model stays resident.", "",
-                  f"Base artifact {_bytes(m['base_bytes'])}, each separate model {_bytes(m['separate_model_bytes'])}, "
+                  f"Base artifact with slots {_bytes(m['base_bytes'])} (the shared frozen factors add "
+                  f"{_bytes(m['slot_bytes'])}, paid once), each plain model {_bytes(m['plain_model_bytes'])}, "
                   f"adapters {', '.join(_bytes(b) for b in m['adapter_bytes'])}. {m['third_adapter']}."]
     return "\n".join(lines) + "\n"
 

@@ -182,3 +182,26 @@ def merge_into_graph(src: Path, dst: Path, tensors: dict[str, np.ndarray]) -> No
     del g.input[:]
     g.input.extend(keep)
     onnx.save(m, str(dst))
+
+
+def strip_slots(src: Path, dst: Path) -> None:
+    """The base graph without its adapter slots (what an export without --adapters holds): the benchmark's
+    plain one-model baseline."""
+    import onnx
+
+    m = onnx.load(str(src))
+    g = m.graph
+    slot_inits = {i.name for i in g.initializer if i.name.endswith((".lora_a_t", ".lora_b_t", ".lora_r"))
+                  or i.name in (HEAD_W, HEAD_B) or i.name.startswith("/adapter/")}
+    keep = [n for n in g.node if not n.name.startswith("/adapter/")]
+    for n in keep:
+        for i, o in enumerate(n.output):
+            if o.endswith("/base"):
+                n.output[i] = o[: -len("/base")]
+    del g.node[:]
+    g.node.extend(keep)
+    for field, drop in ((g.initializer, slot_inits), (g.input, slot_inits), (g.output, {LOGITS})):
+        kept = [x for x in field if x.name not in drop]
+        del field[:]
+        field.extend(kept)
+    onnx.save(m, str(dst))
