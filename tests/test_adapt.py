@@ -17,6 +17,29 @@ RANK = 4
 
 
 @pytest.fixture(scope="module")
+def bert_dir(tiny_bert_dir, tmp_path_factory) -> Path:
+    """The tiny BERT with non-zero Linear biases (BERT's init zeroes them, and the exported graph then has no bias
+    Add for the adapter slots to go behind)."""
+    import shutil
+
+    import torch
+    from transformers import BertModel
+
+    d = tmp_path_factory.mktemp("biased-bert")
+    for f in tiny_bert_dir.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy(f, d / f.name)
+    model = BertModel.from_pretrained(tiny_bert_dir).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m.bias is not None:
+                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=g))
+    model.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
 def data(tmp_path_factory, unseen_texts) -> dict[str, Path]:
     """A labelled TSV (label: whether the text is longer than the median) and an STS pairs TSV."""
     d = tmp_path_factory.mktemp("adapt-data")
@@ -35,31 +58,31 @@ def _ok(args) -> str:
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_bert_dir, data, one_torch_thread) -> dict[str, Path]:
+def adapters(bert_dir, data, one_torch_thread) -> dict[str, Path]:
     out = {}
     for name, task, f in (("sentiment", "classification", data["cls"]), ("similar", "sts", data["sts"])):
         out[name] = data["dir"] / name
-        _ok(["adapt", tiny_bert_dir, "--data", f, "--task", task, "--rank", RANK, "--steps", 12, "--lr", 0.01,
+        _ok(["adapt", bert_dir, "--data", f, "--task", task, "--rank", RANK, "--steps", 12, "--lr", 0.01,
              "--dev", f, "-o", out[name]])
     return out
 
 
 @pytest.fixture(scope="module")
-def export_dir(tiny_bert_dir, fast_target, adapters, data) -> Path:
+def export_dir(bert_dir, fast_target, adapters, data) -> Path:
     out = data["dir"] / "export"
-    _ok(["export", tiny_bert_dir, "--target", fast_target, "--no-bench", "--texts", data["texts"], "-o", out,
+    _ok(["export", bert_dir, "--target", fast_target, "--no-bench", "--texts", data["texts"], "-o", out,
          "--adapter", adapters["sentiment"], "--adapter", adapters["similar"]])
     return out
 
 
-def test_training_lowers_the_loss(tiny_bert_dir, data, one_torch_thread):
+def test_training_lowers_the_loss(bert_dir, data, one_torch_thread):
     from transformers import AutoModel, AutoTokenizer
 
     from edgecomp.adapt.config import AdaptConfig
     from edgecomp.adapt.train import read_task_data, train
 
-    model = AutoModel.from_pretrained(tiny_bert_dir).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = AutoModel.from_pretrained(bert_dir).eval()
+    tok = AutoTokenizer.from_pretrained(bert_dir)
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = AdaptConfig(method="lora-xs", rank=RANK, steps=30, lr=0.01, batch=16)
     _, res = train(model, tok, cfg, read_task_data(data["cls"], "classification"))
@@ -73,7 +96,7 @@ def test_training_lowers_the_loss(tiny_bert_dir, data, one_torch_thread):
             assert np.array_equal(v.numpy(), frozen[base_key].numpy()), k
 
 
-def _torch_adapted(tiny_bert_dir, adapter_dir, texts):
+def _torch_adapted(bert_dir, adapter_dir, texts):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -83,8 +106,8 @@ def _torch_adapted(tiny_bert_dir, adapter_dir, texts):
     from edgecomp.adapt.train import mean_pool
 
     s = read_adapter(adapter_dir)
-    model = AutoModel.from_pretrained(tiny_bert_dir).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = AutoModel.from_pretrained(bert_dir).eval()
+    tok = AutoTokenizer.from_pretrained(bert_dir)
     attach(model, AdaptConfig(method="lora-xs", rank=s.rank, roles=s.roles))
     load_module_state(model, s.module_state())
     enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
@@ -116,14 +139,14 @@ def _run(sess, feeds, adapter: Path | None = None):
     return dict(zip(names, sess.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}, ro)))
 
 
-def test_onnx_base_plus_adapter_equals_the_adapted_torch_model(export_dir, tiny_bert_dir, adapters, unseen_texts):
+def test_onnx_base_plus_adapter_equals_the_adapted_torch_model(export_dir, bert_dir, adapters, unseen_texts):
     m = json.loads((export_dir / "manifest.json").read_text())
     entries = {a["name"]: a for a in m["adapters"]["adapters"]}
     assert set(entries) == {"sentiment", "similar"}
     texts = unseen_texts[40:48]
     sess = _session(export_dir)
     for name in entries:
-        feeds, hidden, logits = _torch_adapted(tiny_bert_dir, adapters[name], texts)
+        feeds, hidden, logits = _torch_adapted(bert_dir, adapters[name], texts)
         got = _run(sess, feeds, export_dir / entries[name]["path"])
         np.testing.assert_allclose(got["last_hidden_state"], hidden, atol=1e-4)
         if logits is not None:
@@ -133,7 +156,7 @@ def test_onnx_base_plus_adapter_equals_the_adapted_torch_model(export_dir, tiny_
     assert entries["sentiment"]["labels"] == ["long", "short"] and entries["sentiment"]["quality"]["metric"] == "accuracy"
 
 
-def test_one_session_two_tasks_and_zero_adapter_is_the_base(export_dir, tiny_bert_dir, unseen_texts, tmp_path):
+def test_one_session_two_tasks_and_zero_adapter_is_the_base(export_dir, bert_dir, unseen_texts, tmp_path):
     import onnxruntime as ort
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -142,10 +165,10 @@ def test_one_session_two_tasks_and_zero_adapter_is_the_base(export_dir, tiny_ber
 
     m = json.loads((export_dir / "manifest.json").read_text())
     files = {a["name"]: export_dir / a["path"] for a in m["adapters"]["adapters"]}
-    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    tok = AutoTokenizer.from_pretrained(bert_dir)
     feeds = {k: v.numpy() for k, v in tok(unseen_texts[:6], padding=True, return_tensors="pt").items()}
     with torch.no_grad():
-        base = AutoModel.from_pretrained(tiny_bert_dir).eval()(**{k: torch.tensor(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+        base = AutoModel.from_pretrained(bert_dir).eval()(**{k: torch.tensor(v) for k, v in feeds.items()}).last_hidden_state.numpy()
     sess = _session(export_dir)
     plain = _run(sess, feeds)["last_hidden_state"]
     a = _run(sess, feeds, files["sentiment"])["last_hidden_state"]
@@ -191,24 +214,36 @@ def _fails(args, *needles) -> str:
     return errors[0]
 
 
-def test_bad_input_is_one_line(tiny_bert_dir, data, adapters, export_dir, tmp_path):
-    base = ["adapt", tiny_bert_dir, "--data", data["cls"], "-o", tmp_path / "new"]
-    _fails(["adapt", tiny_bert_dir, "--data", tmp_path / "missing.tsv", "-o", tmp_path / "x"], "does not exist")
+def test_bad_input_is_one_line(bert_dir, data, adapters, export_dir, tmp_path):
+    base = ["adapt", bert_dir, "--data", data["cls"], "-o", tmp_path / "new"]
+    _fails(["adapt", bert_dir, "--data", tmp_path / "missing.tsv", "-o", tmp_path / "x"], "does not exist")
     _fails([*base, "--rank", 100], "rank 100 exceeds", "64")
     _fails([*base, "--method", "dora"], "unknown adapter method")
     _fails([*base, "--roles", "query,gate"], "unknown Linear role")
     _fails([*base, "--task", "sts"], "columns")  # a labelled file is not STS pairs
-    _fails(["adapt", tiny_bert_dir, "--data", data["cls"], "-o", adapters["sentiment"]], "already exists")
-    _fails(["export", tiny_bert_dir, "--adapter", data["dir"], "-o", tmp_path / "e"], "not an adapter folder")
-    _fails(["export", tiny_bert_dir, "--adapter", adapters["sentiment"], "--adapter-rank", 8, "-o", tmp_path / "e"],
+    _fails(["adapt", bert_dir, "--data", data["cls"], "-o", adapters["sentiment"]], "already exists")
+    _fails(["export", bert_dir, "--adapter", data["dir"], "-o", tmp_path / "e"], "not an adapter folder")
+    _fails(["export", bert_dir, "--adapter", adapters["sentiment"], "--adapter-rank", 8, "-o", tmp_path / "e"],
            "rank 4")
     _fails(["run", export_dir, "--adapter", "nope", "-i", data["texts"]], "no adapter 'nope'", "sentiment")
     assert not (tmp_path / "new").exists() and not (tmp_path / "e").exists()
 
 
-def test_force_replaces_an_adapter_folder(tiny_bert_dir, data, tmp_path):
+def test_force_replaces_an_adapter_folder(bert_dir, data, tmp_path):
     out = tmp_path / "again"
     for extra in ([], ["--force"]):
-        _ok(["adapt", tiny_bert_dir, "--data", data["cls"], "--method", "head-only", "--steps", 2, "-o", out, *extra])
+        _ok(["adapt", bert_dir, "--data", data["cls"], "--method", "head-only", "--steps", 2, "-o", out, *extra])
     rec = json.loads((out / "adapter.json").read_text())
     assert rec["config"]["method"] == "head-only" and rec["files"] == ["adapter.safetensors"]
+
+
+def test_slots_sit_behind_the_bias_add(export_dir):
+    """The delta joins after each Linear's bias Add, so ORT still fuses the (quantized) MatMul with its bias."""
+    import onnx
+
+    for name in ("model-fp32.onnx", "model.onnx"):
+        g = onnx.load(str(export_dir / name)).graph
+        producer = {o: n for n in g.node for o in n.output}
+        joins = [n for n in g.node if n.name.startswith("/adapter/") and n.name.endswith("/Add") and "/head/" not in n.name]
+        assert len(joins) == 12
+        assert all(producer[n.input[0]].op_type == "Add" for n in joins), name

@@ -4,7 +4,8 @@ The base graph carries, per adapted Linear, the frozen factors B^T [in, r] and A
 initializers (shared by every task: they come from the base's SVD, modules.svd_factors) and R [r, r] as an
 *overridable initializer* (a graph input with a zero default), spliced next to the Linear's MatMul:
 ``y = W x  +  ((x @ B^T) @ R) @ A^T``. The splice works on the finished artifact (after quantization), so
-W may be int8/int4 while the adapter path stays float. A task head, ``adapter_logits = mean_pool(
+W may be int8/int4 while the adapter path stays float; it adds the delta after the Linear's bias Add, so
+ORT still fuses the quantized MatMul with its bias. A task head, ``adapter_logits = mean_pool(
 last_hidden_state) @ H + h``, is overridable the same way ([hidden, labels] with a zero default of one label).
 With no adapter active every R is zero and the graph computes the base model exactly.
 
@@ -50,7 +51,13 @@ def linear_io(fp32_onnx: Path, linears: list[tuple[str, object]]) -> dict[str, t
         if len(hits) != 1:
             raise EdgecompError(f"{name}'s MatMul is not found once in the exported graph ({len(hits)} matches)",
                                 "export without --adapters for this model, and report its architecture to edgecomp")
-        io[name] = (hits[0].input[0], hits[0].output[0])
+        y = hits[0].output[0]
+        # splice after the bias Add: ORT then still fuses MatMul(Integer) + bias into one kernel
+        users = [n for n in m.graph.node if y in n.input]
+        if (len(users) == 1 and users[0].op_type == "Add" and lin.bias is not None
+                and any(i in inits and tuple(inits[i].dims) == (lin.out_features,) for i in users[0].input)):
+            y = users[0].output[0]
+        io[name] = (hits[0].input[0], y)
     return io
 
 
