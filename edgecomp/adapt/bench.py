@@ -37,7 +37,6 @@ def quality_row(base, tokenizer, task: str, method: str, rank, steps: int, train
     """Train one method on one task (a copy of the base), evaluate on dev; the row, cached."""
     from .modules import module_state
     from .onnx import adapter_tensors, write_onnx_adapter
-    from .store import HEAD_PREFIX
     from .train import evaluate, label_names, train
 
     key = row_key(task, method, rank, steps, dev_rows)
@@ -91,12 +90,10 @@ def _save_stored(folder: Path, model, cfg, head, labels, state, quality) -> None
     """The adapter folder (`edgecomp adapt`'s) the memory part exports with the base."""
     import shutil
 
-    from .modules import fingerprint
+    from .modules import detach, fingerprint
     from .store import HEAD_PREFIX, write_adapter
 
     base = copy.deepcopy(model)
-    from .modules import detach
-
     detach(base)
     tensors = dict(state)
     if head is not None:

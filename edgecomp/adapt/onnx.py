@@ -174,23 +174,6 @@ def write_onnx_adapter(path: Path, tensors: dict[str, np.ndarray], adapter_versi
     return path.stat().st_size
 
 
-def merge_into_graph(src: Path, dst: Path, tensors: dict[str, np.ndarray]) -> None:
-    """A separate fine-tuned copy (what an app ships without adapters): the adapter's tensors baked in as
-    constants of a copy of the fp32 base graph with slots (W + A R B per module), no overridable inputs."""
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.load(str(src))
-    g = m.graph
-    inits = {i.name: i for i in g.initializer}
-    for name, value in tensors.items():
-        inits[name].CopyFrom(numpy_helper.from_array(value, name))
-    keep = [i for i in g.input if i.name not in inits]
-    del g.input[:]
-    g.input.extend(keep)
-    onnx.save(m, str(dst))
-
-
 def strip_slots(src: Path, dst: Path) -> None:
     """The base graph without its adapter slots (what an export without --adapters holds): the benchmark's
     plain one-model baseline."""
