@@ -1,4 +1,4 @@
-"""The `edgecomp` command: export, run, bench, report, compress, targets, models, recipes."""
+"""The `edgecomp` command: export, run, bench, report, compress, adapt, targets, models, recipes."""
 
 from __future__ import annotations
 
@@ -64,16 +64,28 @@ def export(
                                              "(default: the model's limit, capped by the target's largest TFLite bucket)"),
     with_tokenizer: bool = typer.Option(False, "--with-tokenizer", help="also ONNX Runtime artifacts that take strings "
                                         "(the tokenizer as onnxruntime-extensions ops in the graph): model-text.onnx/.ort"),
+    adapter_roles: Optional[str] = typer.Option(None, "--adapters", help="LoRA-XS adapter slots on these Linear roles, e.g. "
+                                                "query,key,value,attention-output,ffn-up,ffn-down (default: the --adapter's)"),
+    adapter_rank: Optional[int] = typer.Option(None, "--adapter-rank", help="rank r of the adapter slots (default: the --adapter's)"),
+    adapter: Optional[list[Path]] = typer.Option(None, "--adapter", help="a folder written by `edgecomp adapt`: exported "
+                                                 "next to the base as adapters/NAME.onnx_adapter (repeatable)"),
 ):
     """Export MODEL for a target: every artifact the device needs, verified, measured, with manifest and report."""
     from .pipeline import ExportOptions, export as run_export
     from .texts import read_texts
 
     try:
+        slots = None
+        if adapter_roles is not None or adapter_rank is not None or adapter:
+            from .adapt.export import AdapterSlots
+
+            if early_exit:
+                raise EdgecompError("--early-exit stages carry no adapter slots", "drop --early-exit or the adapter options")
+            slots = AdapterSlots.from_options(adapter_roles, adapter_rank, adapter)
         opts = ExportOptions(recipe=recipe, texts=read_texts(texts) if texts else None, bench=not no_bench,
                              custom_ops=custom_ops, early_exit=early_exit, max_accuracy_drop=max_accuracy_drop,
                              exit_data=str(exit_data) if exit_data else None, exit_heads=heads,
-                             max_length=max_length, with_tokenizer=with_tokenizer)
+                             max_length=max_length, with_tokenizer=with_tokenizer, adapters=slots)
         dest = output or Path("out") / f"{Path(model).name}-{target}"
         manifest = run_export(model, target, dest, opts, force=force, log=_progress())
     except EdgecompError as e:
@@ -138,13 +150,15 @@ def run(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="cut texts at N tokens (default: the artifact's limit, in the manifest)"),
     generate: Optional[int] = typer.Option(None, "--generate", help="causal LM: greedy-decode N tokens per line"),
     perplexity: bool = typer.Option(False, "--perplexity", help="causal LM: perplexity and tokens scored per line"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="run with this adapter active: a name from the "
+                                          "manifest's adapters, or an .onnx_adapter file"),
 ):
     """Run an exported artifact on its runtime over a text file; one JSON object per input line, with its index."""
     from .infer import run_file
 
     try:
         s = run_file(artifact, input, output, threads=threads, batch_size=batch_size, generate=generate,
-                     perplexity=perplexity, max_length=max_length)
+                     perplexity=perplexity, max_length=max_length, adapter=adapter)
     except EdgecompError as e:
         _fail(e)
     if s.blank:
@@ -155,6 +169,39 @@ def run(
         console.print(f"note: {s.truncated} of {s.records - len(s.blank)} texts were longer than {s.max_length} tokens "
                       "and were cut there (records say truncated: true; --max-length lowers the limit)",
                       highlight=False, soft_wrap=True)
+
+
+@app.command()
+def adapt(
+    model: str = typer.Argument(..., help="reference model name or a local Hugging Face directory (an encoder)"),
+    data: Path = typer.Option(..., "--data", help="training TSV: text<TAB>label (classification) or "
+                              "sentence1<TAB>sentence2<TAB>score / STS Benchmark rows (sts)"),
+    task: str = typer.Option("classification", "--task", help="classification | sts"),
+    output: Path = typer.Option(..., "--output", "-o", help="adapter folder (adapter.json + adapter.safetensors)"),
+    method: str = typer.Option("lora-xs", "--method", help="lora-xs | lora | head-only | full"),
+    rank: int = typer.Option(8, "--rank", help="adapter rank r (LoRA-XS trains r x r per module)"),
+    roles: str = typer.Option(",".join(("query", "key", "value", "attention-output", "ffn-up", "ffn-down")), "--roles",
+                              help="Linear roles that get adapters (found by the architecture adapters)"),
+    steps: int = typer.Option(200, "--steps", help="training steps"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate of the adapters (default: per method)"),
+    batch: int = typer.Option(16, "--batch", help="examples per step"),
+    seed: int = typer.Option(0, "--seed"),
+    dev: Optional[Path] = typer.Option(None, "--dev", help="held-out TSV of the same layout: the quality recorded"),
+    force: bool = typer.Option(False, "--force", help="replace an earlier adapter folder"),
+):
+    """Train a task adapter on CPU with the backbone frozen (LoRA-XS by default); `edgecomp export --adapter`
+    ships it next to the base."""
+    from .adapt.cli import run_adapt
+
+    try:
+        rec = run_adapt(model, data, task, output, method=method, rank=rank, roles=roles, steps=steps, lr=lr,
+                        batch=batch, seed=seed, dev=dev, force=force, log=_progress(), console=console)
+    except EdgecompError as e:
+        _fail(e)
+    q = rec.get("quality")
+    out.print(f"wrote {output} ({rec['config']['method']} r={rec['config']['rank']}, {rec['train']['trainable_params']} "
+              f"trainable params" + (f", {q['metric']} {q['value']:.2f} on {q['n']} dev rows" if q else "") + ")",
+              markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("eval")

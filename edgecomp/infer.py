@@ -141,9 +141,15 @@ def check_run_options(manifest: dict, batch_size: int, threads: int, generate: i
 
 
 def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int = 1, batch_size: int = 8,
-             generate: int | None = None, perplexity: bool = False, max_length: int | None = None) -> RunSummary:
+             generate: int | None = None, perplexity: bool = False, max_length: int | None = None,
+             adapter: str | None = None) -> RunSummary:
     export_dir, manifest, record = locate(artifact)
     check_run_options(manifest, batch_size, threads, generate, perplexity, max_length)
+    if adapter is not None:  # a LoRA adapter active in an ONNX Runtime artifact (edgecomp.adapt.attach)
+        from .adapt.attach import onnx_runtime_record, resolve_adapter
+
+        record = onnx_runtime_record(manifest, record, Path(artifact).is_dir())
+        adapter = resolve_adapter(export_dir, manifest, adapter)
     lines = read_lines(input_file)
     if not any(t.strip() for t in lines):
         raise EdgecompError(f"text file {input_file} is empty (no line holds text)",
@@ -160,7 +166,7 @@ def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int =
             results = run_records(export_dir / record["path"], export_dir, texts, generate_tokens=generate,
                                   score_perplexity=perplexity, threads=threads)
         else:
-            results = _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_length, summary)
+            results = _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_length, summary, adapter)
     out: list[dict | None] = [None] * len(lines)
     for i in summary.blank:
         out[i] = {"index": i, "error": "empty line: nothing to run"}
@@ -171,7 +177,7 @@ def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int =
     return summary
 
 
-def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_length, summary) -> list[dict]:
+def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_length, summary, adapter=None) -> list[dict]:
     task = TASKS.get(manifest["model"]["task"])
     spec = SimpleNamespace(**manifest["model"])
     limit = artifact_max_length(export_dir, record)
@@ -182,19 +188,27 @@ def _run_encoder(export_dir, manifest, record, texts, threads, batch_size, max_l
         limit = max_length
     summary.max_length = limit
     results: list[dict | None] = [None] * len(texts)
-    for group, outputs, feeds, cut in encoder_batches(export_dir, record, texts, threads, batch_size, limit):
+    adapter_path, entry = adapter or (None, None)
+    for group, outputs, feeds, cut in encoder_batches(export_dir, record, texts, threads, batch_size, limit, adapter_path):
         summary.truncated += sum(cut)
-        for i, c, rec in zip(group, cut, task.records(outputs, feeds, spec)):
-            results[i] = {**rec, "truncated": c}
+        extra = [{}] * len(group)
+        if adapter_path is not None:
+            from .adapt.attach import adapter_records
+
+            extra = adapter_records(outputs, entry)
+        for i, c, rec, more in zip(group, cut, task.records(outputs, feeds, spec), extra):
+            results[i] = {**rec, **more, "truncated": c}
     return results
 
 
 def encoder_batches(export_dir: Path, record: dict, texts: list[str], threads: int = 1, batch_size: int = 8,
-                    max_length: int | None = None):
+                    max_length: int | None = None, adapter: Path | None = None):
     """An encoder artifact over texts the way `edgecomp run` feeds it: (indices, outputs, feeds, truncated
     per index) per length-grouped batch; one text per batch when the artifact is not batch-invariant."""
     limit = max_length or artifact_max_length(export_dir, record)
     runner = open_artifact(export_dir / record["path"], threads=threads)
+    if adapter is not None:
+        runner.activate_adapter(adapter)
     if not batch_invariant(record):
         batch_size = 1
     if getattr(runner, "takes_text", False):

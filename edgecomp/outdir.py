@@ -25,7 +25,7 @@ from .errors import EdgecompError
 # The files by which a folder says edgecomp wrote it, and what it lists as its own: an export, a
 # compressed model, a comparison report of several exports (`edgecomp report A B -o DIR`).
 COMPARISON_RECORD = "comparison.json"
-RECORDS = ("manifest.json", "compression.json", COMPARISON_RECORD)
+RECORDS = ("manifest.json", "compression.json", COMPARISON_RECORD, "adapter.json")  # adapter.json: `edgecomp adapt`
 STAGING_PREFIX = ".edgecomp-"
 FULL_DISK_BYTES = 16 << 20  # below this, a failed write is taken for a full disk
 

@@ -93,6 +93,7 @@ class ExportOptions:
     # measures candidates without, or with only arm64 under an instruction budget)
     checks: bool | tuple[str, ...] = True
     with_tokenizer: bool = False  # also string-input twins of the ONNX Runtime artifacts (edgecomp/lower/tokenizer.py)
+    adapters: object | None = None  # edgecomp.adapt.export.AdapterSlots: LoRA-XS slots + trained adapters
 
 
 @dataclass
@@ -159,6 +160,8 @@ class BuildContext:
     def finish_onnx(self, dst: Path, spec: ArtifactSpec, info: dict) -> None:
         if spec.scheme is not None and "moe" in self.onnx_io:  # ORT's quantizer leaves the custom op's experts float
             info["moe"] = {**lower_moe.quantize_moe_experts(dst), "thresholds": lower_moe.moe_thresholds(dst)}
+        if self.options.adapters is not None:  # after quantization: the adapter path stays float
+            info.update(self.options.adapters.add_slots(self, dst))
         if self.options.custom_ops:
             # After quantization: the quantizers match standard ops only, so functions must wrap their output.
             import onnx
@@ -544,6 +547,8 @@ def export(model: str, target_name: str, out_dir: Path, options: ExportOptions |
                 compression = compress_model(loaded.model, recipe.steps, Calibration(loaded.tokenizer, texts),
                                              quant=train_view(job), log=log)
         records = plan.build(job)
+        if options.adapters is not None:  # trained adapters next to the base (edgecomp.adapt.export)
+            job.blocks["adapters"] = options.adapters.export(job, records)
 
         shutil.rmtree(work, ignore_errors=True)
         for name in TOKENIZER_FILES:  # `edgecomp run` and optimum's ORTModel* load these from OUT

@@ -58,13 +58,20 @@ class OrtRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.int64) for i in self.inputs}
         self.takes_text = any(i.type == "tensor(string)" for i in self.inputs)  # tokenizes inside the graph
+        self.run_options = None  # RunOptions with an active LoRA adapter (activate_adapter)
+
+    def activate_adapter(self, adapter_path: Path) -> None:
+        """Run with an .onnx_adapter active (ONNX Runtime multi-LoRA: the graph's overridable initializers)."""
+        from ..adapt.attach import run_options_for
+
+        self.run_options, self._adapter = run_options_for(self.session, adapter_path)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         f = {k: np.asarray(feeds[k], dtype=self._dtypes[k]) for k in self.input_names if k in feeds}
         missing = [k for k in self.input_names if k not in f]
         if missing:
             raise EdgecompError(f"{self.path.name} needs inputs {missing}", "feed every input the artifact declares")
-        outs = self.session.run(None, f)
+        outs = self.session.run(None, f, self.run_options)
         return dict(zip(self.output_names, outs))
 
 

@@ -1,0 +1,10 @@
+"""Task adapters over one frozen base: LoRA-XS (a trainable r x r matrix between two frozen factors of the
+base weight's truncated SVD), plain LoRA for comparison, head-only and full fine-tuning baselines.
+
+``config`` (AdaptConfig), ``modules`` (the adapted Linear and attach/detach by archs roles), ``train``
+(the CPU loop and task quality), ``store`` (the adapter folder `edgecomp adapt` writes), ``onnx`` (adapter
+slots in the base graph, ``.onnx_adapter`` files for ONNX Runtime's multi-LoRA), ``bench`` (the
+scripts/bench_adapters.py measurements).
+"""
+
+from .config import METHODS, TASKS, AdaptConfig  # noqa: F401
