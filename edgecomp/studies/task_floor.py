@@ -39,14 +39,16 @@ def int4(block=32, **kw) -> dict:
     return {"weights": {"bits": 4, "block": block, **kw}}
 
 
-def ranked(frequent: int, rare: str = "int2", rare_block: int = 32, corpus: bool = True, method: str = "freq-table",
+def ranked(frequent: int, rare: str = "int2", rare_block: int = 32, corpus: bool | str = True, method: str = "freq-table",
            trim_to: int | None = None) -> dict:
     step = {"method": method, "frequent": frequent, "rare": rare}
     if rare == "int2":
         step["rare_block"] = rare_block
     if trim_to is not None:
         step["trim_to"] = trim_to
-    if corpus:
+    if isinstance(corpus, str):
+        step["corpus"] = corpus  # e.g. "wordfreq:en"
+    elif corpus:
         step["corpus"] = "{corpus}"  # filled in with the study's ranking corpus
     return step
 
@@ -72,6 +74,8 @@ COMBOS: dict[str, Combo] = {
     "trim8192-nearest": Combo([ranked(8192, "nearest", method="vocab-trim")], int4(32), "table"),
     "trim8192-unk": Combo([ranked(8192, "unk", method="vocab-trim")], int4(32), "table"),
     "svd-table-l96": Combo([{"method": "svd-embedding", "latent_dim": 96}], int4(32), "table", "uniform low rank"),
+    "ae-table-l96": Combo([{"method": "ae-embedding", "latent_dim": 96}], int4(32), "table",
+                          "direction-loss autoencoder, same latent width as svd-table-l96"),
     # --- the 8 MB candidates
     "trim8192+rtn-b128": Combo([ranked(8192, "nearest", method="vocab-trim")], int4(128), "8MB"),
     "trim6144+rtn-b64": Combo([ranked(6144, "nearest", method="vocab-trim")], int4(64), "8MB"),
@@ -87,10 +91,16 @@ COMBOS: dict[str, Combo] = {
                                    "special tokens 4-bit, the 8192 most frequent rows 2-bit (b64), the rest nearest"),
     "tier5-8192b64+rtn-b64": Combo([ranked(5, rare_block=64, trim_to=8192)], int4(64), "8MB"),
     "tier512-8192b64+rtn-b64": Combo([ranked(512, rare_block=64, trim_to=8192)], int4(64), "8MB"),
+    "trim8192-wordfreq+rtn-b128": Combo([ranked(8192, "nearest", corpus="wordfreq:en", method="vocab-trim")], int4(128), "8MB",
+                                        "rows ranked by English word frequencies (wordfreq), no corpus of the domain"),
+    "tier5-8192b64-wordfreq+rtn-b32": Combo([ranked(5, rare_block=64, trim_to=8192, corpus="wordfreq:en")], int4(32), "8MB"),
+    "tier5-7168b64+rtn-b32": Combo([ranked(5, rare_block=64, trim_to=7168)], int4(32), "8MB"),
+    "tier5-8192b128+rtn-b32": Combo([ranked(5, rare_block=128, trim_to=8192)], int4(32), "8MB"),
     # --- with int4-aware distillation (trains for RTN blocks: GPTQ's choices are not what it simulates)
     "small": Combo([DISTILL], int4(32), "recovery", "the `small` recipe"),
     "trim8192+distill+rtn-b128": Combo([ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(128), "recovery"),
     "trim8192+distill+rtn-b64": Combo([ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(64), "recovery"),
+    "tier5-7168b64+distill+rtn-b32": Combo([ranked(5, rare_block=64, trim_to=7168), DISTILL], int4(32), "recovery"),
 }
 QUICK = ["int8", "rtn-b32", "gptq-b32", "rtn-b128", "gptq-b128", "hqq-b128", "rtn-b32+ffn-hqq2", "uniform2-table",
          "freq4096-int2b64", "trim8192-nearest", "trim8192+gptq-b128", "trim8192-builtin+gptq-b128"]
@@ -231,6 +241,8 @@ def claims(c: dict) -> list[dict]:
     cmp("frequency-aware table beats a uniform 2-bit table at fewer bytes", "freq4096-int2b64", "uniform2-table", "fewer bytes for a")
     cmp("frequency-aware table beats a uniform low-rank (SVD) table", "freq4096-int2b64", "svd-table-l96", "sizes in the table")
     cmp("nearest kept token beats [UNK] for trimmed tokens", "trim8192-nearest", "trim8192-unk", "bytes")
+    cmp("direction-loss autoencoder table beats SVD at the same latent width", "ae-table-l96", "svd-table-l96", "bytes")
+    cmp("three table tiers beat a trimmed 4-bit table at fewer bytes", "tier5-8192b64+rtn-b32", "trim8192-nearest", "fewer bytes for a")
     cmp("int4-aware distillation recovers the 8 MB point", "trim8192+distill+rtn-b128", "trim8192+rtn-b128", "bytes")
     return out
 
