@@ -133,7 +133,7 @@ class BuildContext:
             self.log("lower: PyTorch -> ONNX")
             self.onnx_io = export_model_onnx(self.loaded.model, self.task, raw, self.target.opset,
                                              head=graph_head(self.task, self.loaded.spec))
-            moe = lower_moe.finish_moe_export(raw)  # MoE layers (compress/moe.py): + the op's fallback function
+            moe = lower_moe.finish_moe_export(raw, self.loaded.model)  # MoE layers (compress/moe.py): + the op's fallback function
             self.log("simplify: onnxslim")
             simplified = self.work / "fp32.onnx"
             self.onnx_io["simplify"] = simplify_onnx(raw, simplified, keep_factorized=self.keep_factorized)

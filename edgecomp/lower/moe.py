@@ -44,11 +44,14 @@ def _activation(node) -> str:
     return "gelu"
 
 
-def finish_moe_export(path: Path) -> int:
+def finish_moe_export(path: Path, torch_model=None) -> int:
     """Add the ``edgecomp`` opset and the standard-op fallback functions to the graph at ``path`` (in place);
-    the number of MoE nodes."""
+    the number of MoE nodes. ``torch_model``: the model it was exported from; without MoE layers the graph
+    is not read (every export passes here)."""
     import onnx
 
+    if torch_model is not None and not has_moe_layers(torch_model):
+        return 0
     model = onnx.load(str(path))
     nodes = moe_nodes(model.graph)
     if not nodes:

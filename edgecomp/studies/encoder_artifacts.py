@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..lower.moe import finish_moe_export, quantize_moe_experts
+from ..lower.moe import finish_moe_export, has_moe_layers, quantize_moe_experts
 from ..lower.onnx import export_model_onnx
 from ..optimize.quantize import quantize_onnx
 from ..optimize.simplify import simplify_onnx
@@ -25,7 +25,7 @@ def lower_encoder(model, dst: Path, keep_factorized: bool = False, target: str =
     dst = Path(dst)
     raw = dst.with_name(f"{dst.stem}.raw.onnx")
     export_model_onnx(model, TASKS.get("feature-extraction"), raw, load_target(target).opset)
-    finish_moe_export(raw)  # MoE layers (compress/moe.py): the custom op's fallback function, as export does
+    finish_moe_export(raw, model)  # MoE layers (compress/moe.py): the custom op's fallback function, as export does
     simplify_onnx(raw, dst, keep_factorized=keep_factorized)
     raw.unlink()
     return dst
@@ -50,5 +50,6 @@ def quantized(src: Path, dst: Path, quantization, calibration=None, model=None) 
     """``src`` quantized into ``dst`` as ``quantization`` says (see onnx_scheme); ``calibration``: a callable
     returning the graph's calibration feeds (GPTQ), ``model``: the PyTorch model (its adapter names the ffn)."""
     quantize_onnx(Path(src), Path(dst), onnx_scheme(quantization), calibration=calibration, model=model)
-    quantize_moe_experts(Path(dst))  # int8 experts of the custom op, as export's finish_onnx does
+    if model is None or has_moe_layers(model):
+        quantize_moe_experts(Path(dst))  # int8 experts of the custom op, as export's finish_onnx does
     return Path(dst)
