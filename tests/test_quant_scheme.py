@@ -135,12 +135,15 @@ def test_manifest_records_the_typed_scheme(tiny_bert_dir, fast_target, tmp_path)
 
 # sha256 of the artifacts the typed scheme's first version wrote for the tiny BERT of conftest on
 # cpu-x86-fast (equal to what the code before it wrote with the old recipe keys), re-recorded once the graphs
-# gained their post-processing outputs (sentence_embedding); recorded with these library versions. Only
+# gained their post-processing outputs (sentence_embedding), and again when cpu-x86's quantized .onnx moved
+# its weights to model.onnx.data (external_data = true: the graph file and the data file are pinned); recorded
+# with these library versions. Only
 # training-free recipes are pinned: a distilled recipe's bytes follow the CPU's float kernels (the `fast`
 # pin held on an AVX2 host and not on an AVX-512 one).
 PINNED_WITH = {"onnxruntime": "1.31.1", "torch": "2.13.0", "transformers": "4.57.6"}
 BEFORE = {
-    "int4": {"model.onnx": "ba47c9b495863210701fc790d6b36702241170f258f83bb7028260a04c42f968",
+    "int4": {"model.onnx": "99c03e02bafbbc90927257ef951dab6eecf50818fa8eac2015a2bb1b4d3f7c81",
+             "model.onnx.data": "a619593485c5eff15702f597ddbbafc7c501ac405f67100cd27b5d76032a2fac",
              "model-fp32.onnx": "f8df6e715ad35eb17aad9c6e220bd87b937ffa6e8c0e3b76c04b5dd7a9dbe5a9"},
 }
 
