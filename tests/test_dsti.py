@@ -145,3 +145,15 @@ def test_bad_config_is_one_line_exit_2(tmp_path, step, words):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.lstrip()[:1].isdigit()]
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_moe_model_exports_where_optimum_knows_the_architecture(gated, tmp_path, monkeypatch):
+    """optimum's exporter runs the raw graph in ONNX Runtime, which cannot load the custom op before its fallback
+    function is attached: a model with MoE layers takes torch.onnx even when optimum knows its architecture
+    (whether it does depends on optimum's lazily filled registry: true in a CLI process for BERT)."""
+    import edgecomp.lower.onnx as lower_onnx
+    from edgecomp.tasks import TASKS
+
+    monkeypatch.setattr(lower_onnx, "_optimum_knows", lambda model, task: True)
+    info = lower_onnx.export_model_onnx(gated, TASKS.get("feature-extraction"), tmp_path / "m.onnx", 18)
+    assert info["exporter"] == "torch.onnx" and (tmp_path / "m.onnx").is_file()

@@ -29,7 +29,12 @@ def export_model_onnx(model, task, out_path: Path, opset: int, head: GraphHead |
     """Export a (possibly compressed) HF model for `task`, with the task's post-processing ``head`` as graph
     ops; returns {"exporter", "inputs", "outputs"}."""
     out_path = Path(out_path)
-    if _optimum_knows(model, task.optimum_task):
+    from .moe import has_moe_layers
+
+    # optimum's exporter loads the raw graph in ONNX Runtime (its dynamic-axes fix, not optional through
+    # onnx_export_from_model), which cannot load edgecomp's own op before its fallback function is attached
+    # (lower/moe.finish_moe_export): a model with MoE layers goes through torch.onnx
+    if _optimum_knows(model, task.optimum_task) and not has_moe_layers(model):
         from optimum.exporters.onnx import onnx_export_from_model
 
         with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
