@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import EdgecompError
 from . import METHODS
-from .base import Calibration, StepReport, check, n_params, pooled_embeddings, require_calibration, set_submodule
+from .base import Calibration, StepReport, check, n_params, pooled_embeddings, require_calibration, set_submodule, visit_module_inputs
 from .moe import MoEFeedForward, activation_name, ffn_modules, moe_layers
 
 HOLDOUT = 0.25  # the calibration text's last share: dynamic-k's held-aside text, unseen by the other steps
@@ -272,17 +272,9 @@ def moe_inputs(model: nn.Module, cal: Calibration, max_tokens: int) -> dict[str,
     for _, m in layers:
         m.threshold = 0.0
     got: dict[str, list] = {n: [] for n, _ in layers}
-    mask = {}
-    hs = [m.register_forward_pre_hook(lambda _m, args, n=n: got[n].append(_real_tokens(args[0], mask["m"]).detach()))
-          for n, m in layers]
-    try:
-        with torch.no_grad():
-            for b in cal.batches():
-                mask["m"] = b["attention_mask"]
-                model(**b)
+    try:  # the shared calibration pass over the layers' inputs (real tokens, [tokens, features])
+        visit_module_inputs(model, list(got), cal, lambda n, x: got[n].append(x))
     finally:
-        for h in hs:
-            h.remove()
         for (_, m), t in zip(layers, saved):
             m.threshold = t
     return {n: torch.cat(v)[:max_tokens] for n, v in got.items()}
