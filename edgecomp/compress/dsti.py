@@ -50,6 +50,20 @@ def _real_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x[mask.bool()] if x.dim() == 3 and x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1])
 
 
+@torch.no_grad()
+def _outputs_pass(model: nn.Module, cal: Calibration, modules: list[nn.Module], visit) -> None:
+    """Run the calibration text; call visit(i, module, output, attention_mask) after modules[i] runs."""
+    mask = {}
+    hs = [m.register_forward_hook(lambda mod, _i, out, i=i: visit(i, mod, out, mask["m"])) for i, m in enumerate(modules)]
+    try:
+        for b in cal.batches():
+            mask["m"] = b["attention_mask"]
+            model(**b)
+    finally:
+        for h in hs:
+            h.remove()
+
+
 # --------------------------------------------------------------------------------------------------
 # sparsify
 @dataclass
@@ -76,22 +90,13 @@ def activation_sparsity(model: nn.Module, cal: Calibration, zero: float, method:
     """Share of FFN activations with |a| < ``zero`` over the real calibration tokens, all blocks."""
     acts = _activation_modules(model, method)
     counts = [0, 0]
-    mask = {}
 
-    def hook(_m, _i, out):
-        a = _real_tokens(out, mask["m"])
+    def visit(_i, _m, out, mask):
+        a = _real_tokens(out, mask)
         counts[0] += int((a.abs() < zero).sum())
         counts[1] += a.numel()
 
-    hs = [a.register_forward_hook(hook) for a in acts]
-    try:
-        with torch.no_grad():
-            for b in cal.batches():
-                mask["m"] = b["attention_mask"]
-                model(**b)
-    finally:
-        for h in hs:
-            h.remove()
+    _outputs_pass(model, cal, acts, visit)
     return counts[0] / max(counts[1], 1)
 
 
@@ -338,24 +343,15 @@ class DynamicKConfig:
 def expert_share(model: nn.Module, cal: Calibration) -> list[float]:
     """Per MoE layer: the mean share of experts each real token runs on ``cal``."""
     layers = _require_moe(model, "dynamic-k")
-    acc = {n: [0.0, 0] for n, _ in layers}
-    mask = {}
+    acc = [[0.0, 0] for _ in layers]
 
-    def hook(mod, _i, _o, n):
-        sel = _real_tokens(mod.last_selection, mask["m"]).float()
-        acc[n][0] += float(sel.sum())
-        acc[n][1] += sel.numel()
+    def visit(i, mod, _out, mask):
+        sel = _real_tokens(mod.last_selection, mask).float()
+        acc[i][0] += float(sel.sum())
+        acc[i][1] += sel.numel()
 
-    hs = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in layers]
-    try:
-        with torch.no_grad():
-            for b in cal.batches():
-                mask["m"] = b["attention_mask"]
-                model(**b)
-    finally:
-        for h in hs:
-            h.remove()
-    return [round(acc[n][0] / max(acc[n][1], 1), 4) for n, _ in layers]
+    _outputs_pass(model, cal, [m for _, m in layers], visit)
+    return [round(a / max(k, 1), 4) for a, k in acc]
 
 
 def ffn_macs_per_token(model: nn.Module, cal: Calibration) -> dict:
