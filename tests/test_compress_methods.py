@@ -185,7 +185,7 @@ def test_activation_aware_beats_plain_on_output_error():
 
 def test_every_method_is_registered():
     assert set(METHODS.names()) >= {"lowrank", "svd-embedding", "ae-embedding", "kron-embedding", "kronecker",
-                                    "ae-weights", "distill", "prune-ffn", "smooth"}
+                                    "ae-weights", "distill", "prune-ffn", "smooth", "drop-layers"}
 
 
 @pytest.mark.parametrize("method", ["svd-embedding", "ae-embedding"])

@@ -91,4 +91,4 @@ def compress_model(model: nn.Module, steps: Sequence[dict], calibration: Calibra
 
 
 # Method modules register themselves on import.
-from . import distill, dsti, embed_ae, embed_kron, embed_svd, freq_table, kronecker, lowrank, prune_ffn, smooth, weight_ae  # noqa: E402,F401
+from . import distill, drop_layers, dsti, embed_ae, embed_kron, embed_svd, freq_table, kronecker, lowrank, prune_ffn, smooth, weight_ae  # noqa: E402,F401

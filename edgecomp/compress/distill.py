@@ -270,6 +270,17 @@ def capture(model: nn.Module, calibration: Calibration, batch_size: int, blocks_
     return records
 
 
+def teacher_blocks_kept(model: nn.Module, n_teacher: int, n_student: int) -> list[int]:
+    """The teacher's index of each student block: the same stack, or what drop-layers kept of it."""
+    from .drop_layers import KEPT_ATTR
+
+    kept = list(getattr(model, KEPT_ATTR, range(n_student)))
+    check(n_teacher == n_student or len(kept) == n_student and max(kept) < n_teacher,
+          f"the model has {n_student} blocks and its uncompressed copy {n_teacher}, with no record of which were kept",
+          "remove blocks with the drop-layers step, which records them")
+    return kept if n_teacher != n_student else list(range(n_student))
+
+
 def last_hidden(out) -> torch.Tensor:
     """The last hidden state of a model run with output_hidden_states (a classifier's out[0] is logits)."""
     if getattr(out, "last_hidden_state", None) is not None:
@@ -441,11 +452,16 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
                 inputs.append(first_block_input(model, student_blocks, b)
                               if cfg.sequential and emb is not None else _hidden_in(rec["blocks"][0]))
         remove_fake_quant(fq)
+        # after drop-layers the student has fewer blocks: each kept block learns to produce the teacher's
+        # input to the next kept block (absorbing the removed blocks after it); the masks come from its own
+        kept = teacher_blocks_kept(model, len(teacher[0]["blocks"]), len(student_blocks))
+        target = [kept[j + 1] - 1 if j + 1 < len(kept) else len(teacher[0]["blocks"]) - 1 for j in range(len(kept))]
         for j, blk in enumerate(student_blocks):
             fq = fake_quant_on(blk)
 
             def blk_loss(i, j=j, blk=blk):
-                args, kwargs, want = teacher[i]["blocks"][j]
+                args, kwargs, _ = teacher[i]["blocks"][kept[j]]
+                want = teacher[i]["blocks"][target[j]][2]
                 out = call_block(blk, inputs[i], args, kwargs)
                 out = out[0] if isinstance(out, tuple) else out
                 return token_mse(out, want, teacher[i]["batch"]["attention_mask"])
@@ -454,11 +470,11 @@ def apply(model: nn.Module, cfg: DistillConfig, calibration: Calibration | None,
             with torch.no_grad():
                 nxt = []
                 for i, rec in enumerate(teacher):
-                    args, kwargs, _ = rec["blocks"][j]
+                    args, kwargs, _ = rec["blocks"][kept[j]]
                     out = call_block(blk, inputs[i], args, kwargs)
                     nxt.append(out[0] if isinstance(out, tuple) else out)
             remove_fake_quant(fq)
-            inputs = nxt if cfg.sequential else [_hidden_in(rec["blocks"][j + 1]) if j + 1 < len(student_blocks) else None
+            inputs = nxt if cfg.sequential else [_hidden_in(rec["blocks"][kept[j + 1]]) if j + 1 < len(student_blocks) else None
                                                  for rec in teacher]  # noqa: E501
             losses[f"{blocks_name}.{j}"] = trained(f"{blocks_name}.{j}", first, last, n, t0)
         # 3. end to end: every block at once on the last hidden state (fixes what blocks pass on)

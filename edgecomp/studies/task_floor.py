@@ -54,6 +54,7 @@ def ranked(frequent: int, rare: str = "int2", rare_block: int = 32, corpus: bool
 
 
 DISTILL = {"method": "distill", "quant_aware": True, "steps": 100, "lr": 1e-4}
+DROP1 = {"method": "drop-layers", "count": 1}
 INT8 = {"weights": {"bits": 8}, "activations": "dynamic-per-tensor"}
 
 COMBOS: dict[str, Combo] = {
@@ -101,6 +102,14 @@ COMBOS: dict[str, Combo] = {
     "trim8192+distill+rtn-b128": Combo([ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(128), "recovery"),
     "trim8192+distill+rtn-b64": Combo([ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(64), "recovery"),
     "tier5-7168b64+distill+rtn-b32": Combo([ranked(5, rare_block=64, trim_to=7168), DISTILL], int4(32), "recovery"),
+    # depth: one of six blocks removed (the one whose removal moves the output least), then recovered
+    "drop1+distill+rtn-b32": Combo([DROP1, DISTILL], int4(32), "depth", "drop-layers count 1 + int4-aware distillation"),
+    "drop1+trim8192+distill+rtn-b32": Combo([DROP1, ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(32), "depth"),
+    "drop1+trim8192+distill+rtn-b64": Combo([DROP1, ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(64), "depth"),
+    "trim8192+ffn-hqq2+distill": Combo([ranked(8192, "nearest", method="vocab-trim"), DISTILL],
+                                       {**int4(32), "ffn": {"bits": 2, "block": 32, "algorithm": "hqq"}}, "mixed",
+                                       "2-bit HQQ feed-forward, int4 b32 attention, 4-bit trimmed table",
+                                       trains_for=int4(32)),
 }
 QUICK = ["int8", "rtn-b32", "gptq-b32", "rtn-b128", "gptq-b128", "hqq-b128", "rtn-b32+ffn-hqq2", "uniform2-table",
          "freq4096-int2b64", "trim8192-nearest", "trim8192+gptq-b128", "trim8192-builtin+gptq-b128"]
