@@ -118,10 +118,18 @@ def moe_thresholds(path: Path) -> list[float]:
     return [round(next((a.f for a in n.attribute if a.name == "threshold"), 0.0), 6) for n in moe_nodes(model.graph)]
 
 
+# An expert runs when its gate's score passes the layer's threshold: a token whose score sits at the threshold
+# may run one expert more or less in the graph than in PyTorch (float rounding order), a real but rare
+# difference. The lowering is wrong when many tokens differ, or any differs a lot.
+FLIPPED_TOKEN_SHARE = 0.01  # at most this share of tokens below min_cos
+FLIPPED_TOKEN_COS = 0.95  # and none below this
+
+
 def verify_moe_graph(path: Path, model, feeds: list[dict], output: str = "last_hidden_state",
                      min_cos: float = 0.999) -> dict:
     """The graph at ``path`` (run with edgecomp's kernel library) against the PyTorch MoE ``model`` on
-    ``feeds``: per-token cosine of ``output`` on the real tokens; below ``min_cos`` is an error."""
+    ``feeds``: cosine of ``output`` per real token (a [batch, seq, ...] output) or per row (a classifier's
+    logits); more than FLIPPED_TOKEN_SHARE of them below ``min_cos``, or any below FLIPPED_TOKEN_COS, is an error."""
     import torch
 
     from ..runtime import open_artifact
@@ -135,12 +143,16 @@ def verify_moe_graph(path: Path, model, feeds: list[dict], output: str = "last_h
         want = getattr(want, output, None) if hasattr(want, output) else want[0]
         want = want.numpy()
         m = f["attention_mask"].astype(bool)
-        a, b = got[m].astype(np.float64), want[m].astype(np.float64)
+        per_token = got.ndim >= 3 and got.shape[:2] == m.shape
+        a = (got[m] if per_token else got.reshape(got.shape[0], -1)).astype(np.float64)
+        b = (want[m] if per_token else want.reshape(want.shape[0], -1)).astype(np.float64)
         cos.append((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30))
     cos = np.concatenate(cos)
+    below = float((cos < min_cos).mean())
     out = {"against": "pytorch MoE model (the compressed one)", "cos_min": round(float(cos.min()), 6),
-           "cos_mean": round(float(cos.mean()), 6), "tokens": int(cos.size)}
-    if out["cos_min"] < min_cos:
+           "cos_mean": round(float(cos.mean()), 6), "tokens" if cos.size and per_token else "rows": int(cos.size),
+           "share_below_min_cos": round(below, 5), "min_cos": min_cos}
+    if below > FLIPPED_TOKEN_SHARE or out["cos_min"] < FLIPPED_TOKEN_COS:
         raise EdgecompError(f"the lowered MoE graph {Path(path).name} differs from the PyTorch MoE model "
-                            f"(token cosine min {out['cos_min']} < {min_cos})", "report this model to edgecomp")
+                            f"(cosine min {out['cos_min']}, {100 * below:.1f}% below {min_cos})", "report this model to edgecomp")
     return out
