@@ -103,10 +103,11 @@ def test_lowered_graph_matches_the_moe_model_with_and_without_the_library(gated,
         assert _cos_min(got, want) > 0.995
 
 
-def test_export_cli_verifies_against_the_moe_model(tmp_path):
+@pytest.mark.parametrize("classifier", [False, True], ids=["encoder", "classifier"])
+def test_export_cli_verifies_against_the_moe_model(tmp_path, classifier):
     import onnx
 
-    model_dir = save_tiny_encoder("bert", tmp_path / "m")
+    model_dir = save_tiny_encoder("bert", tmp_path / "m", classifier=classifier)
     target = open_target(tmp_path / "t.toml", [{"name": "model", "format": "onnx", "precision": "int8",
                                                 "quantization": "dynamic-per-channel", "primary": True}])
     texts = tmp_path / "texts.txt"
@@ -117,7 +118,9 @@ def test_export_cli_verifies_against_the_moe_model(tmp_path):
                                               '{method = "dynamic-k", budget = 0.98}]\nformats = ["onnx"]\n')
     manifest = export_cli(model_dir, target, tmp_path / "out", recipe, texts)
     rec = manifest["artifacts"][0]
-    assert rec["moe_verification"]["cos_min"] >= 0.999  # fp32 graph vs the PyTorch MoE model
+    check = rec["moe_verification"]  # fp32 graph vs the PyTorch MoE model: per token, or per row of logits
+    assert check["cos_min"] >= 0.999 and check["share_below_min_cos"] == 0
+    assert ("rows" if classifier else "tokens") in check
     assert rec["moe"]["moe_layers"] == 2 and len(rec["moe"]["thresholds"]) == 2
     assert rec["session_options"].get("custom_ops") == "edgecomp"
     steps = {s["method"]: s for s in manifest["compression"]["steps"]}
