@@ -27,8 +27,9 @@ ADAPTER_DIR = "adapters"
 HOW_TO_RUN = {
     "onnxruntime": "a = onnxruntime.LoraAdapter(); a.Load(path); ro = onnxruntime.RunOptions(); "
                    "ro.add_active_adapter(a); session.run(None, feeds, ro)",
-    "litert": "feed each tensor of onnxruntime.AdapterFormat.read_adapter(path).get_parameters() to the signature "
-              "input slots.litert_inputs names (zeros for the base model), the head zero-padded to "
+    "litert": "f = onnxruntime.AdapterFormat.read_adapter(path); copy each f.get_parameters() value (.numpy(), a view "
+              "of f's memory) and feed it to the signature input slots.litert_inputs names (zeros for the base model), "
+              "the head zero-padded to "
               "slots.litert_head_labels labels; keep adapter_logits[..., :labels] (edgecomp.runtime.litert does this)",
 }
 
@@ -123,7 +124,8 @@ class AdapterSlots:
     def export(self, job, records: list[dict]) -> dict:
         slotted = [r for r in records if r.get("runtime") in ("onnxruntime", "litert") and r.get("input") != "text"
                    and "stage" not in r]
-        block = {"slots": {**self.slots, "roles": list(self.roles), "method": "lora-xs",
+        block = {"slots": {"modules": len(self._linears or ()), "rank": self.rank, **self.slots,
+                           "roles": list(self.roles), "method": "lora-xs",
                            "artifacts": [r["path"] for r in slotted], **self.litert,
                            "frozen_factors": "shared in the base artifact (B^T, A^T per module, from the base's SVD)"},
                  "how_to_run": HOW_TO_RUN, "adapters": []}
