@@ -145,10 +145,10 @@ def run_file(artifact: Path, input_file: Path, output_file: Path, threads: int =
              adapter: str | None = None) -> RunSummary:
     export_dir, manifest, record = locate(artifact)
     check_run_options(manifest, batch_size, threads, generate, perplexity, max_length)
-    if adapter is not None:  # a LoRA adapter active in an ONNX Runtime artifact (edgecomp.adapt.attach)
-        from .adapt.attach import onnx_runtime_record, resolve_adapter
+    if adapter is not None:  # a LoRA adapter active in an artifact with slots (edgecomp.adapt.attach)
+        from .adapt.attach import adapter_record, resolve_adapter
 
-        record = onnx_runtime_record(manifest, record, Path(artifact).is_dir())
+        record = adapter_record(manifest, record, Path(artifact).is_dir())
         adapter = resolve_adapter(export_dir, manifest, adapter)
     lines = read_lines(input_file)
     if not any(t.strip() for t in lines):

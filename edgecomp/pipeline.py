@@ -181,9 +181,12 @@ class BuildContext:
         outputs = [*self.task.output_names, *(head.outputs if head else ())]
         buckets = bucket_lengths(spec.seq_buckets or (self.target.bench.seq_len,), self.max_length)
         self.log(f"convert: litert-torch -> {dst.name} (buckets {list(buckets)}, {spec.quantization or 'fp32'})")
-        module = PositionalModel(self.loaded.model, names, outputs, head).eval()
+        if self.options.adapters is not None:  # R and the head as signature inputs (edgecomp.adapt.litert)
+            module, names, outputs, extra, info = self.options.adapters.litert_module(self, names, outputs, head)
+        else:
+            module, extra, info = PositionalModel(self.loaded.model, names, outputs, head).eval(), None, {}
         with native_stderr_silenced():
-            return export_tflite(module, names, outputs, dst, buckets, spec.scheme)
+            return {**export_tflite(module, names, outputs, dst, buckets, spec.scheme, extra_inputs=extra), **info}
 
 
 # Verification compares texts up to this many tokens (or the export's limit, when shorter).

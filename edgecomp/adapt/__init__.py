@@ -3,8 +3,8 @@ base weight's truncated SVD), plain LoRA for comparison, head-only and full fine
 
 ``config`` (AdaptConfig), ``modules`` (the adapted Linear and attach/detach by archs roles), ``train``
 (the CPU loop and task quality), ``store`` (the adapter folder `edgecomp adapt` writes), ``onnx`` (adapter
-slots in the base graph, ``.onnx_adapter`` files for ONNX Runtime's multi-LoRA), ``bench`` (the
-scripts/bench_adapters.py measurements).
+slots in the base graph, ``.onnx_adapter`` files for ONNX Runtime's multi-LoRA), ``litert`` (the same slots as
+.tflite signature inputs, fed from the same files), ``bench`` (the scripts/bench_adapters.py measurements).
 """
 
 from .config import METHODS, TASKS, AdaptConfig  # noqa: F401

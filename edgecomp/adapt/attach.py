@@ -1,6 +1,7 @@
-"""Run time: which adapter `edgecomp run OUT --adapter NAME_OR_FILE` means, and activating it in a session.
+"""Run time: which adapter `edgecomp run OUT --adapter NAME_OR_FILE` means, and activating it in an ONNX Runtime
+session (LiteRT: edgecomp/adapt/litert.py LiteRtSlots, the same file fed as signature inputs).
 
-Never imports torch (the on-device path): only onnxruntime's LoraAdapter and RunOptions.
+Only onnxruntime's LoraAdapter and RunOptions, no training code (the on-device path).
 """
 
 from __future__ import annotations
@@ -64,18 +65,23 @@ def resolve_adapter(export_dir: Path, manifest: dict, name_or_file: str) -> tupl
                         f"use one of: {names}, or a path to an {SUFFIX} file")
 
 
-def onnx_runtime_record(manifest: dict, record: dict, chose_folder: bool) -> dict:
-    """The artifact an adapter runs on: the one given, or the first ONNX Runtime artifact when a folder was given
-    (an android export's primary is its .tflite, which carries no slots)."""
-    if record.get("runtime") == "onnxruntime" or not chose_folder:
-        if record.get("runtime") != "onnxruntime":
-            raise EdgecompError(f"{record['path']} carries no adapter slots (only the ONNX Runtime artifacts do)",
-                                "pass the export's .onnx or .ort artifact")
+def adapter_record(manifest: dict, record: dict, chose_folder: bool) -> dict:
+    """The artifact an adapter runs on: the one given (or, for a folder, the primary) when it carries slots,
+    else the first one that does when a folder was given (an export made before LiteRT carried slots)."""
+    slots = (manifest.get("adapters") or {}).get("slots") or {}
+    carried = slots.get("artifacts")
+    if carried is None:  # older manifests: only the ONNX Runtime artifacts carried slots
+        carried = [r["path"] for r in manifest["artifacts"] if r.get("runtime") == "onnxruntime" and r.get("input") != "text"]
+    if record["path"] in carried:
         return record
+    if not chose_folder:
+        raise EdgecompError(f"{record['path']} carries no adapter slots (in this export: {', '.join(carried) or 'none'})",
+                            "pass an artifact of the export that carries them, or the export folder")
     for r in manifest["artifacts"]:
-        if r.get("runtime") == "onnxruntime" and r.get("input") != "text":
+        if r["path"] in carried:
             return r
-    raise EdgecompError("this export has no ONNX Runtime artifact to run an adapter on", "export for a target with .onnx/.ort")
+    raise EdgecompError("this export has no artifact with adapter slots",
+                        "re-export with `edgecomp export --adapters ROLES --adapter-rank R`")
 
 
 def adapter_records(outputs: dict, entry: dict | None) -> list[dict]:

@@ -2,8 +2,10 @@
 slots (adapt/onnx.py) and each trained adapter ships next to them as OUT/adapters/NAME.onnx_adapter, listed
 in the manifest's ``adapters`` block with its task, method, rank, bytes, quality and fidelity per artifact.
 
-The pipeline calls two hooks: ``add_slots`` from BuildContext.finish_onnx (every ONNX artifact, after its
-quantization) and ``export`` after the plan built the artifacts. LiteRT artifacts carry no slots.
+The pipeline calls three hooks: ``add_slots`` from BuildContext.finish_onnx (every ONNX artifact, after its
+quantization), ``litert_module`` from BuildContext.lower_tflite (the module litert-torch converts, with R and
+the head as signature inputs: adapt/litert.py) and ``export`` after the plan built the artifacts. Both
+runtimes read the same .onnx_adapter files.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from .store import StoredAdapter, read_adapter
 
 EXPORTABLE = ("lora-xs", "head-only")
 ADAPTER_DIR = "adapters"
-HOW_TO_RUN = ("a = onnxruntime.LoraAdapter(); a.Load(path); ro = onnxruntime.RunOptions(); "
-              "ro.add_active_adapter(a); session.run(None, feeds, ro)")
-TFLITE_REASON = ("LiteRT artifacts carry no adapter slots yet: a signature taking R as inputs was not built; "
-                 "run adapters on the ONNX Runtime artifacts (.onnx / .ort) of the same export")
+HOW_TO_RUN = {
+    "onnxruntime": "a = onnxruntime.LoraAdapter(); a.Load(path); ro = onnxruntime.RunOptions(); "
+                   "ro.add_active_adapter(a); session.run(None, feeds, ro)",
+    "litert": "f = onnxruntime.AdapterFormat.read_adapter(path); copy each f.get_parameters() value (.numpy(), a view "
+              "of f's memory) and feed it to the signature input slots.litert_inputs names (zeros for the base model), "
+              "the head zero-padded to "
+              "slots.litert_head_labels labels; keep adapter_logits[..., :labels] (edgecomp.runtime.litert does this)",
+}
 
 
 @dataclass
@@ -37,6 +43,7 @@ class AdapterSlots:
     _io: dict | None = None
     _linears: list | None = None
     slots: dict = field(default_factory=dict)
+    litert: dict = field(default_factory=dict)
 
     @classmethod
     def from_options(cls, roles: str | None, rank: int | None, adapters: list[Path] | None) -> "AdapterSlots | None":
@@ -91,17 +98,37 @@ class AdapterSlots:
         self._factors = {n: tuple(t.numpy() for t in svd_factors(lin.weight, self.rank)) for n, lin in self._linears}
         self._io = linear_io(ctx.fp32_onnx(), self._linears)
 
-    # --- hook 2: after the plan built the artifacts -----------------------------------------------------------
+    # --- hook 2: BuildContext.lower_tflite ----------------------------------------------------------------
+    def litert_module(self, ctx, names: list[str], outputs: list[str], head) -> tuple:
+        """(module, input names, output names, slot example inputs, record info) for litert-torch: a copy of the
+        model with the slots on the same Linears and frozen factors as the ONNX artifacts."""
+        from ..lower.wrap import PositionalModel
+        from .litert import HEAD_LABELS, input_mapping, slot_module
+        from .modules import role_linears
+
+        if self._factors is None:
+            self._prepare(ctx)
+        model = copy.deepcopy(ctx.loaded.model)
+        linears = role_linears(model, self.roles)
+        labels = max([HEAD_LABELS, *(len(s.record.get("labels") or ()) for s in self.stored)])
+        mapping = input_mapping([n for n, _ in linears])
+        inner = PositionalModel(model, names, outputs, head).eval()
+        module, in_names, out_names, extra = slot_module(inner, names, outputs, linears, self._factors,
+                                                         ctx.loaded.model.config.hidden_size, labels)
+        self.litert = {"litert_inputs": mapping, "litert_head_labels": labels}
+        return module, in_names, out_names, extra, {"adapter_slots": {
+            "modules": len(linears), "rank": self.rank, "roles": list(self.roles), "litert_head_labels": labels,
+            "inputs": "signature inputs named as adapters.slots.litert_inputs"}}
+
+    # --- hook 3: after the plan built the artifacts -----------------------------------------------------------
     def export(self, job, records: list[dict]) -> dict:
-        onnx_records = [r for r in records if r.get("runtime") == "onnxruntime" and r.get("input") != "text"
-                        and "stage" not in r]
-        block = {"slots": {**self.slots, "roles": list(self.roles), "method": "lora-xs",
-                           "artifacts": [r["path"] for r in onnx_records],
+        slotted = [r for r in records if r.get("runtime") in ("onnxruntime", "litert") and r.get("input") != "text"
+                   and "stage" not in r]
+        block = {"slots": {"modules": len(self._linears or ()), "rank": self.rank, **self.slots,
+                           "roles": list(self.roles), "method": "lora-xs",
+                           "artifacts": [r["path"] for r in slotted], **self.litert,
                            "frozen_factors": "shared in the base artifact (B^T, A^T per module, from the base's SVD)"},
                  "how_to_run": HOW_TO_RUN, "adapters": []}
-        skipped = [{"path": r["path"], "reason": TFLITE_REASON} for r in records if r.get("runtime") == "litert"]
-        if skipped:
-            block["not_carried"] = skipped
         if not self.stored:
             return block
         folder = job.build / ADAPTER_DIR
@@ -117,8 +144,13 @@ class AdapterSlots:
             with_factors = {**tensors, **{f"{n}.{k}": v for n, (a, b) in self._factors.items()
                                           for k, v in (("lora_a_t", a.T.copy()), ("lora_b_t", b.T.copy()))}}
             fat = write_onnx_adapter(job.work / f"{name}-with-factors{SUFFIX}", with_factors) if s.method == "lora-xs" else size
-            ref = self._torch_reference(job, s, texts)
-            fidelity = {r["path"]: _ort_fidelity(job.build / r["path"], path, job, texts, ref) for r in onnx_records}
+            refs: dict[int, dict] = {}  # per truncation limit: a .tflite's largest bucket may be shorter
+            fidelity = {}
+            for r in slotted:
+                limit = min(REFERENCE_MAX_LENGTH, r.get("max_length") or REFERENCE_MAX_LENGTH)
+                if limit not in refs:
+                    refs[limit] = self._torch_reference(job, s, texts, limit)
+                fidelity[r["path"]] = _fidelity(job.build / r["path"], path, job, texts, refs[limit], limit)
             from ..manifest import sha256
 
             block["adapters"].append({
@@ -129,7 +161,7 @@ class AdapterSlots:
                 "quality": s.record.get("quality"), "fidelity": fidelity, "source": str(s.path.resolve())})
         return block
 
-    def _torch_reference(self, job, s: StoredAdapter, texts: list[str]) -> dict:
+    def _torch_reference(self, job, s: StoredAdapter, texts: list[str], max_length: int) -> dict:
         import torch
 
         from .modules import attach, load_module_state
@@ -139,7 +171,7 @@ class AdapterSlots:
         if s.method == "lora-xs":
             attach(model, AdaptConfig(method="lora-xs", roles=self.roles, rank=self.rank))
             load_module_state(model, s.module_state())
-        enc = Encoder(model, job.loaded.tokenizer, 128)
+        enc = Encoder(model, job.loaded.tokenizer, max_length)
         with torch.no_grad():
             pooled = enc.embed(texts)
             head = s.head()
@@ -150,15 +182,19 @@ def _name(s: StoredAdapter) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", s.path.resolve().name).strip("-.") or "adapter"
 
 
-def _ort_fidelity(artifact: Path, adapter: Path, job, texts: list[str], ref: dict) -> dict:
-    """The artifact with the adapter active vs the adapted PyTorch model: embedding cosine, logits."""
+REFERENCE_MAX_LENGTH = 128
+
+
+def _fidelity(artifact: Path, adapter: Path, job, texts: list[str], ref: dict, max_length: int) -> dict:
+    """The artifact (ONNX Runtime or LiteRT) with the adapter active vs the adapted PyTorch model: embedding
+    cosine, logits."""
     from ..runtime import open_artifact
     from ..tasks.feature_extraction import cosine_rows
     from ..texts import tokenize
 
     runner = open_artifact(artifact, threads=1)
     runner.activate_adapter(adapter)
-    feeds = tokenize(job.loaded.tokenizer, texts, 128, runner.input_names)
+    feeds = tokenize(job.loaded.tokenizer, texts, max_length, runner.input_names)
     out = runner.run(feeds)
     m = feeds["attention_mask"][..., None].astype(np.float32)
     pooled = (out["last_hidden_state"] * m).sum(1) / np.maximum(m.sum(1), 1e-9)

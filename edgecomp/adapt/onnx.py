@@ -11,7 +11,8 @@ With no adapter active every R is zero and the graph computes the base model exa
 
 An adapter is an ``.onnx_adapter`` file (onnxruntime.AdapterFormat) holding only those overridable tensors;
 at run time ``onnxruntime.LoraAdapter`` loads (memory-maps) it and ``RunOptions.add_active_adapter``
-activates it for one run, so one session serves every task.
+activates it for one run, so one session serves every task. The .tflite takes the same tensors as signature
+inputs (adapt/litert.py).
 """
 
 from __future__ import annotations

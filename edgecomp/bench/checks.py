@@ -56,7 +56,9 @@ def arm64_check(path: Path, record: dict, feeds: dict, cpu: str, reference: Call
     x86 = open_artifact(path, threads=1).run(feeds)
     native = measure_arm64_native(path, record, feeds, x86, cpu)  # the same run without Python in the guest
     if path.suffix == ".tflite":  # the guest picks the bucket signature whose shapes equal the feeds
-        feeds = {k: v.astype(np.int32) for k, v in feeds.items()}
+        from .native import tflite_feeds
+
+        feeds = tflite_feeds(path, feeds)  # + zeros for adapter slot inputs (same shape in every signature)
     block = arm64.arm64_block(path, feeds, x86, cpu=cpu, reference_outputs=reference() if reference else None)
     block["parity_ok"] = parity_ok(block, record["precision"])
     block["native"] = native

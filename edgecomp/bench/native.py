@@ -112,11 +112,20 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _feeds_for(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _feeds_for(path: Path, feeds: dict[str, np.ndarray], signature: str | None = None) -> dict[str, np.ndarray]:
     # LiteRT signatures take int32 token inputs (the exporter's choice); ORT graphs take int64
     if path.suffix == ".tflite":
-        return {k: np.asarray(v).astype(np.int32) for k, v in feeds.items()}
+        return tflite_feeds(path, feeds, signature)
     return {k: np.asarray(v) for k, v in feeds.items()}
+
+
+def tflite_feeds(path: Path, feeds: dict[str, np.ndarray], signature: str | None = None) -> dict[str, np.ndarray]:
+    """Token feeds as a .tflite's signature takes them (int32), plus zeros for its adapter slot inputs (the base
+    model, as edgecomp's LiteRT runner feeds with no adapter active); tokens first."""
+    from ..adapt.litert import zero_slot_feeds
+
+    tokens = {k: np.asarray(v).astype(np.int32) for k, v in feeds.items()}
+    return {**tokens, **{k: v for k, v in zero_slot_feeds(path, signature).items() if k not in tokens}}
 
 
 def _command(probe: Path, lib: Path, artifact: Path, tmp: Path, threads: int, runs: int, warmup: int,
@@ -179,7 +188,7 @@ def native_block(artifact: Path, feeds: dict[str, np.ndarray], threads: int = 1,
     options = default_options(artifact) if options is None else dict(options)
     lib = runtime_library(artifact.suffix)
     probe = build_probe()
-    feeds = _feeds_for(artifact, feeds)
+    feeds = _feeds_for(artifact, feeds, signature)
     _drop_from_page_cache(artifact)  # measured as after install, not as just written (see memory.py)
     with tempfile.TemporaryDirectory(prefix="edgecomp-native-") as tmp_name:
         tmp = Path(tmp_name)
@@ -237,7 +246,7 @@ def arm64_native_block(artifact: Path, feeds: dict[str, np.ndarray], cpu: str = 
     lib_host = runtime_library(artifact.suffix, site=root / arm64.GUEST_SITE.lstrip("/"))
     lib_guest = "/" + str(lib_host.relative_to(root))  # qemu -L resolves it inside the rootfs
     probe = build_probe("aarch64")
-    feeds = _feeds_for(artifact, feeds)
+    feeds = _feeds_for(artifact, feeds, signature)
     _drop_from_page_cache(artifact)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgecomp-native-arm64-") as tmp_name:

@@ -153,11 +153,14 @@ def export_tflite(
     scheme: QuantScheme | None,
     batch: int = 1,
     example_inputs=None,
+    extra_inputs: dict | None = None,
 ) -> dict:
     """Convert `module(*int64 [batch, L] tensors in input_names order)` to one .tflite at `out_path`.
 
     `example_inputs(length) -> {name: tensor}` replaces the default all-ones token rows, for modules that
-    take other inputs (early-exit stages take float hidden states).
+    take other inputs (early-exit stages take float hidden states). `extra_inputs` are inputs of every
+    signature whose shape does not follow the bucket (the adapter slots, edgecomp/adapt/litert.py): the names
+    at the end of `input_names`, each traced with the example tensor given.
 
     Returns {"signatures", "seq_buckets", "quantization", "size_bytes", "inputs", "outputs", "convert_s"}.
     """
@@ -177,12 +180,18 @@ def export_tflite(
     out_path = Path(out_path)
     wrapped = _named_io(module, list(input_names), list(output_names))
 
+    extra_inputs = dict(extra_inputs or {})
+    token_names = [n for n in input_names if n not in extra_inputs]
+
     def default_example(length: int) -> dict:
         # all-ones ids/mask: a real, unpadded row; token_type_ids must stay within the type vocabulary
         return {n: (torch.zeros if n == "token_type_ids" else torch.ones)(batch, length, dtype=torch.long)
-                for n in input_names}
+                for n in token_names}
 
-    example = example_inputs or default_example
+    tokens_example = example_inputs or default_example
+
+    def example(length: int) -> dict:
+        return {**tokens_example(length), **extra_inputs}
 
     start = time.perf_counter()
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")

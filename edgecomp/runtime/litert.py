@@ -2,7 +2,11 @@
 
 `run` takes any [B, L]: it picks the smallest `seq{N}` signature with N >= L, right-pads the inputs with 0
 (pad id, masked out, token type 0) to N, runs the rows in chunks of the signature's batch size, and crops
-sequence outputs back to L, so callers see the same dynamic-shape contract as the ONNX runners.
+sequence outputs back to L, so callers see the same dynamic-shape contract as the ONNX runners. An
+artifact exported with adapter slots takes their tensors as signature inputs besides the tokens: the runner
+feeds zeros (the base model) or, after `activate_adapter(path)`, an .onnx_adapter's tensors
+(edgecomp/adapt/litert.py), and leaves them out of `input_names` (as ONNX Runtime does its overridable
+initializers).
 
 Memory: the signatures share their weight buffers in the file, but XNNPACK packs the weights of every
 subgraph it delegates into its own layout. Through the `Interpreter` API that meant one packed copy per
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..adapt.litert import LiteRtSlots, is_slot_input
 from ..errors import EdgecompError
 from ..quiet import native_stderr_silenced
 from . import RUNNERS
@@ -151,7 +156,8 @@ class LiteRTRunner:
         self.buckets = sorted(by_len)
         self._signature = by_len
         first = signatures[by_len[self.buckets[0]]]
-        self.input_names = list(first["inputs"])
+        # the adapter slot inputs (edgecomp/adapt/litert.py) are fed by the runner: zeros, or an adapter's tensors
+        self.input_names = [n for n in first["inputs"] if not is_slot_input(n)]
         self.output_names = list(first["outputs"])
         shapes = {n: {o: list(d["shape"]) for o, d in self._session.output_details(by_len[n]).items()} for n in self.buckets}
         # an output has a sequence axis (axis 1) when its length follows the bucket in every signature
@@ -162,6 +168,11 @@ class LiteRTRunner:
         inputs = self._session.input_details(by_len[self.buckets[0]])
         self._dtypes = {k: np.dtype(v["dtype"]) for k, v in inputs.items()}
         self._batch = int(inputs[self.input_names[0]]["shape"][0])
+        self.slots = LiteRtSlots({k: v for k, v in inputs.items() if is_slot_input(k)})
+
+    def activate_adapter(self, adapter_path: Path) -> None:
+        """Run with an .onnx_adapter's tensors fed to the slot inputs (the same file ONNX Runtime loads)."""
+        self.slots.activate(self.path, adapter_path)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [k for k in self.input_names if k not in feeds]
@@ -180,13 +191,14 @@ class LiteRTRunner:
         padded = {k: np.zeros((chunks, n), dtype=self._dtypes[k]) for k in self.input_names}
         for k, v in arrays.items():
             padded[k][:rows, :length] = v
-        parts = [self._session.run(self._signature[n], **{k: v[i:i + self._batch] for k, v in padded.items()})
+        parts = [self._session.run(self._signature[n], **{k: v[i:i + self._batch] for k, v in padded.items()},
+                                   **self.slots.feeds)
                  for i in range(0, chunks, self._batch)]
         out = {}
         for name in self.output_names:
             stacked = np.concatenate([p[name] for p in parts])[:rows]
             out[name] = stacked[:, :length] if name in self._seq_outputs else stacked
-        return out
+        return self.slots.crop(out)
 
 
 RUNNERS.register("tflite")(LiteRTRunner)
