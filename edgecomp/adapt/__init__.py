@@ -7,4 +7,13 @@ slots in the base graph, ``.onnx_adapter`` files for ONNX Runtime's multi-LoRA),
 .tflite signature inputs, fed from the same files), ``bench`` (the scripts/bench_adapters.py measurements).
 """
 
-from .config import METHODS, TASKS, AdaptConfig  # noqa: F401
+
+
+def __getattr__(name):
+    # lazily: the run-time modules (attach, litert's runner half) are imported on the device path, which
+    # must not pull in torch/transformers through config -> archs
+    if name in ("METHODS", "TASKS", "AdaptConfig"):
+        from . import config
+
+        return getattr(config, name)
+    raise AttributeError(name)

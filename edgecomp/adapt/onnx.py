@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..archs.base import _path_regex
 from ..errors import EdgecompError
 
 HEAD_W, HEAD_B, LOGITS = "adapter_head.weight", "adapter_head.bias", "adapter_logits"
@@ -39,6 +38,8 @@ def linear_io(fp32_onnx: Path, linears: list[tuple[str, object]]) -> dict[str, t
     path in the node names and checked against the Linear's weight (the initializer must be W^T)."""
     import onnx
     from onnx import numpy_helper
+
+    from ..archs.base import _path_regex
 
     m = onnx.load(str(fp32_onnx))
     inits = {i.name: i for i in m.graph.initializer}

@@ -106,6 +106,7 @@ COMBOS: dict[str, Combo] = {
     "drop1+distill+rtn-b32": Combo([DROP1, DISTILL], int4(32), "depth", "drop-layers count 1 + int4-aware distillation"),
     "drop1+trim8192+distill+rtn-b32": Combo([DROP1, ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(32), "depth"),
     "drop1+trim8192+distill+rtn-b64": Combo([DROP1, ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(64), "depth"),
+    "drop1+trim10240+distill+rtn-b64": Combo([DROP1, ranked(10240, "nearest", method="vocab-trim"), DISTILL], int4(64), "depth"),
     "trim8192+ffn-hqq2+distill": Combo([ranked(8192, "nearest", method="vocab-trim"), DISTILL],
                                        {**int4(32), "ffn": {"bits": 2, "block": 32, "algorithm": "hqq"}}, "mixed",
                                        "2-bit HQQ feed-forward, int4 b32 attention, 4-bit trimmed table",
