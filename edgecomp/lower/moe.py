@@ -135,7 +135,7 @@ def verify_moe_graph(path: Path, model, feeds: list[dict], output: str = "last_h
     from ..runtime import open_artifact
 
     runner = open_artifact(path, threads=1)
-    cos = []
+    cos, per_token = [], True
     for f in feeds:
         got = runner.run(f)[output]
         with torch.no_grad():
@@ -150,7 +150,7 @@ def verify_moe_graph(path: Path, model, feeds: list[dict], output: str = "last_h
     cos = np.concatenate(cos)
     below = float((cos < min_cos).mean())
     out = {"against": "pytorch MoE model (the compressed one)", "cos_min": round(float(cos.min()), 6),
-           "cos_mean": round(float(cos.mean()), 6), "tokens" if cos.size and per_token else "rows": int(cos.size),
+           "cos_mean": round(float(cos.mean()), 6), "tokens" if per_token else "rows": int(cos.size),
            "share_below_min_cos": round(below, 5), "min_cos": min_cos}
     if below > FLIPPED_TOKEN_SHARE or out["cos_min"] < FLIPPED_TOKEN_COS:
         raise EdgecompError(f"the lowered MoE graph {Path(path).name} differs from the PyTorch MoE model "
