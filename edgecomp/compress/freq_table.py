@@ -104,7 +104,20 @@ def wordfreq_counts(tokenizer, language: str, vocab: int) -> np.ndarray:
             for t in ids:
                 if 0 <= t < vocab:
                     out[t] += f
-    return np.rint(out * 1e9).astype(np.int64)  # counts per billion words
+    counts = np.rint(out * 1e9).astype(np.int64)  # counts per billion words
+    # wordfreq counts words only: its lists hold no punctuation, so "," or "(" would rank with the rarest
+    # rows and be trimmed. Every printable ASCII character's tokens (word-initial and continuation forms)
+    # rank first, after the special tokens, so any ASCII text stays spelled with its own rows.
+    chars = [chr(c) for c in range(33, 127)]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    own = [ids[-1] for ids in tokenizer([" " + c for c in chars], add_special_tokens=False)["input_ids"] if ids]
+    # continuation forms as the vocabulary spells them: WordPiece "##c", byte-level BPE "c", SentencePiece "c"
+    own += tokenizer.convert_tokens_to_ids([p + c for c in chars for p in ("", "##")])
+    top = int(counts.max()) + 1
+    for t in own:
+        if t is not None and t != unk and 0 <= t < vocab:
+            counts[t] = top
+    return counts
 
 
 def corpus_counts(cfg: FrequencyTableConfig, calibration: Calibration, vocab: int) -> np.ndarray:
