@@ -146,6 +146,8 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
         old = next((k for k in s if k in RENAMED_STEP_KEYS), None)
         if old:
             raise _refuse(where, f"step {i + 1} ({s.get('method')}) key {old!r} is gone", f"state {RENAMED_STEP_KEYS[old]}")
+    if path is not None:
+        steps = [_anchored_step(s, path.parent) for s in steps]
     options = {k: v for k, v in raw.items() if k in RECIPE_OPTIONS}
     if "tolerance" in options:
         tol = options["tolerance"]
@@ -162,6 +164,15 @@ def parse_recipe(raw: dict, name: str, path: Path | None, where: str | None = No
         options["quantization"] = parse_stated(options["quantization"], where, runtimes=True)
     return Recipe(name=str(raw.get("name", name)), description=str(raw.get("description", "")),
                   steps=tuple(steps), options=options, tasks=tuple(tasks), path=path)
+
+
+def _anchored_step(step: dict, folder: Path) -> dict:
+    """A step's relative ``corpus`` file is read from the recipe file's folder, so a recipe and its domain
+    text travel together (``wordfreq:LANG`` and absolute paths stay as written)."""
+    corpus = step.get("corpus")
+    if not isinstance(corpus, str) or corpus.startswith("wordfreq:") or Path(corpus).expanduser().is_absolute():
+        return step
+    return {**step, "corpus": str(folder / corpus)}
 
 
 def check_steps(recipe: Recipe) -> None:

@@ -37,6 +37,9 @@ def main():
     ap.add_argument("--artifact", type=Path, nargs="*", default=[],
                     help="also measure exported artifacts (e.g. out/model.onnx out/model.ort of `--recipe tiny`)")
     ap.add_argument("--artifact-note", default="", help="the note of the --artifact rows (how they were made)")
+    ap.add_argument("--domain-files", type=Path, metavar="DIR",
+                    help="only write the study's domain text to DIR: ranking-corpus.txt (what the domain-ranked rows are "
+                         "ranked on) and calibration.txt (its calibration / distillation sentences), for an export")
     ap.add_argument("--render", type=Path, help="only re-render the Markdown and plot of a JSON result")
     args = ap.parse_args()
     out = args.out / f"{args.tag}.json"
@@ -46,6 +49,13 @@ def main():
         write_text_atomic(args.render, tf.dumps(res))
         write_text_atomic(args.render.with_suffix(".md"), tf.markdown(res))
         tf.plot(res, args.render.with_suffix(".png"))
+        return
+    if args.domain_files:
+        args.domain_files.mkdir(parents=True, exist_ok=True)
+        tf.ranking_corpus(args.domain_files / "ranking-corpus.txt")
+        cal = tf.study_texts(args.quick).calibration[:512]
+        write_text_atomic(args.domain_files / "calibration.txt", "\n".join(cal) + "\n")
+        print(f"wrote {args.domain_files / 'ranking-corpus.txt'} and {args.domain_files / 'calibration.txt'}")
         return
     names = args.only.split(",") if args.only is not None else (tf.QUICK if args.quick else list(tf.COMBOS))
     names = [n for n in names if n]

@@ -283,3 +283,19 @@ def test_wordfreq_corpus_ranks_common_words_first(tiny_bert_dir, few_texts):
     assert len(np.unique(remap)) == 100 and all(list(remap).count(remap[vocab[w]]) >= 1 for w in common)
     with pytest.raises(EdgecompError, match="no word list"):
         wordfreq_counts(tok, "xx-nonexistent", len(vocab))
+
+
+def test_recipe_corpus_is_read_beside_the_recipe_file(tiny_bert_dir, few_texts, tmp_path):
+    """A recipe file and its domain text travel together: a relative corpus is read from the recipe's folder,
+    not the working directory, and the kept rows cover that text."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "domain.txt").write_text("the movie was a thriller\na dull plot, a long scene\n" * 5)
+    recipe = folder / "domain-trim.toml"
+    recipe.write_text('steps = [{method = "vocab-trim", frequent = 200, rare = "nearest", corpus = "domain.txt"}]\n')
+    res = runner.invoke(app, ["compress", str(tiny_bert_dir), "--recipe", str(recipe), "--texts", str(few_texts),
+                              "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    (step,) = json.loads((tmp_path / "o" / "compression.json").read_text())["steps"]
+    cov = step["details"]["coverage"]
+    assert cov["corpus"] == str(folder / "domain.txt") and cov["frequent_rows_cover_corpus"] == 1.0

@@ -107,6 +107,9 @@ COMBOS: dict[str, Combo] = {
     "drop1+trim8192+distill+rtn-b32": Combo([DROP1, ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(32), "depth"),
     "drop1+trim8192+distill+rtn-b64": Combo([DROP1, ranked(8192, "nearest", method="vocab-trim"), DISTILL], int4(64), "depth"),
     "drop1+trim10240+distill+rtn-b64": Combo([DROP1, ranked(10240, "nearest", method="vocab-trim"), DISTILL], int4(64), "depth"),
+    "drop1+trim10240-wordfreq+distill+rtn-b64": Combo([DROP1, ranked(10240, "nearest", corpus="wordfreq:en", method="vocab-trim"),
+                                                        DISTILL], int4(64), "depth",
+                                                       "as drop1+trim10240+distill+rtn-b64, rows ranked by wordfreq:en"),
     "trim8192+ffn-hqq2+distill": Combo([ranked(8192, "nearest", method="vocab-trim"), DISTILL],
                                        {**int4(32), "ffn": {"bits": 2, "block": 32, "algorithm": "hqq"}}, "mixed",
                                        "2-bit HQQ feed-forward, int4 b32 attention, 4-bit trimmed table",
@@ -272,8 +275,9 @@ def markdown(res: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for n, r in sorted(c.items(), key=lambda kv: kv[1]["size_bytes"]):
         b = r["size_breakdown"]
-        lines.append(f"| {n}{' *' if n in front else ''} | {r['group']} | {r['size_bytes'] / 1e6:.2f} | "
-                     f"{b['token_embeddings'] / 1e6:.2f} / {b['attention'] / 1e6:.2f} / {b['feed_forward'] / 1e6:.2f} | "
+        # a .ort (flatbuffer) has no ONNX breakdown: its graph is the .onnx's
+        parts = " / ".join(f"{b[k] / 1e6:.2f}" for k in ("token_embeddings", "attention", "feed_forward")) if any(b.values()) else "—"
+        lines.append(f"| {n}{' *' if n in front else ''} | {r['group']} | {r['size_bytes'] / 1e6:.2f} | {parts} | "
                      f"{r['sts_spearman']:.2f} | {r['sts_drop']:+.2f} | {r['sst2_probe']:.2f} | {r['sst2_drop']:+.2f} | "
                      f"{r['cos_mean']:.4f} / {r['cos_min']:.4f} |")
     for n, e in res.get("errors", {}).items():
