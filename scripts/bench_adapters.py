@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(bench.TASKS), choices=list(bench.TASKS))
     ap.add_argument("--rows", nargs="+", default=None, metavar="METHOD[:RANK]",
                     help="a subset of the rows, e.g. lora:8 lora-xs:16 (default: all)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="train every row once per seed (the spread is the noise)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "adapters")
     a = ap.parse_args()
     t0 = time.time()
@@ -44,11 +45,12 @@ def main() -> None:
         wanted = {(m, int(r) if r else None) for m, _, r in (x.partition(":") for x in a.rows)}
         rows = tuple(r for r in bench.ROWS if r in wanted)
     report = bench.run(a.model, a.data, a.out, steps=a.steps, dev_rows=a.dev_rows or None, repeats=a.repeats,
-                       memory=not a.no_memory, tasks=tuple(a.tasks), rows=rows, log=log)
+                       memory=not a.no_memory, tasks=tuple(a.tasks), rows=rows, seeds=tuple(a.seeds), log=log)
     report["command"] = ("nice -n 10 python scripts/bench_adapters.py " + " ".join(sys.argv[1:])).strip()
-    complete = rows == bench.ROWS and set(a.tasks) == set(bench.TASKS) and not a.no_memory
+    complete = rows == bench.ROWS and set(a.tasks) == set(bench.TASKS) and not a.no_memory and a.seeds == [0]
     # every run is kept under its step count; the complete one is also the headline file
-    stems = [a.out / (f"bench_adapters_steps{a.steps}" + ("" if complete else "_partial"))]
+    seeds = "" if a.seeds == [0] else "_seeds" + "-".join(map(str, a.seeds))
+    stems = [a.out / (f"bench_adapters_steps{a.steps}{seeds}" + ("" if complete else "_partial"))]
     stems += [a.out / "bench_adapters"] if complete else []
     for stem in stems:
         Path(f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")

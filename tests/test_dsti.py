@@ -77,6 +77,19 @@ def test_higher_threshold_runs_fewer_experts(gated):
     assert macs[0.9]["ratio"] < 0.6
 
 
+@pytest.mark.parametrize("max_share", [0.6, 0.35])
+def test_compute_budget_search_meets_the_expert_share(max_share):
+    """dynamic-k with max_share: per-layer taus whose mean expert share on the held-aside text is at most the
+    budget, and a tighter budget runs fewer experts."""
+    model = tiny_bert()
+    report = compress_model(model, GATED + [{"method": "dynamic-k", "max_share": max_share}], calibration())
+    d = report["steps"][-1]["details"]
+    assert d["chosen_by"] == "search (max_share)"
+    assert sum(d["expert_share"]) / len(d["expert_share"]) <= max_share
+    assert [m.threshold for m in model.modules() if isinstance(m, MoEFeedForward)] == d["thresholds"]
+    assert 0 < d["ratio"] < (0.75 if max_share > 0.5 else 0.5)
+
+
 def test_lowered_graph_matches_the_moe_model_with_and_without_the_library(gated, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -113,7 +126,7 @@ def test_export_cli_verifies_against_the_moe_model(tmp_path, classifier):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(["the movie was good", "a dull plot and a long scene", "funny actors in a short film",
                                 "the story is bad", "good scene, good actor", "a long film with a dull story"] * 3))
-    recipe = recipe_file(tmp_path / "r.toml", 'steps = [{method = "sparsify", steps = 3}, '
+    recipe = recipe_file(tmp_path / "r.toml", 'steps = [{method = "sparsify", steps = 3, distill = "auto"}, '
                                               '{method = "moefy", experts = 8, iterations = 3}, {method = "expert-gates"}, '
                                               '{method = "dynamic-k", budget = 0.98}]\nformats = ["onnx"]\n')
     manifest = export_cli(model_dir, target, tmp_path / "out", recipe, texts)
@@ -124,6 +137,11 @@ def test_export_cli_verifies_against_the_moe_model(tmp_path, classifier):
     assert rec["moe"]["moe_layers"] == 2 and len(rec["moe"]["thresholds"]) == 2
     assert rec["session_options"].get("custom_ops") == "edgecomp"
     steps = {s["method"]: s for s in manifest["compression"]["steps"]}
+    assert steps["sparsify"]["details"]["distilled"] == ("hidden+logits" if classifier else "hidden")
+    assert ("kl_first_last" in steps["sparsify"]["details"]) == classifier
+    # the threshold search keeps what the model's user sees: a classifier's predictions, an encoder's embedding
+    dk = steps["dynamic-k"]["details"]
+    assert dk["fidelity"] == ("logits-agreement" if classifier else "pooled-cosine") and dk["held_fidelity"] >= 0.98
     assert steps["dynamic-k"]["details"]["thresholds"] == rec["moe"]["thresholds"]
     g = onnx.load(str(tmp_path / "out" / rec["path"]))
     assert sum(n.op_type == OP_TYPE for n in g.graph.node) == 2
@@ -132,6 +150,9 @@ def test_export_cli_verifies_against_the_moe_model(tmp_path, classifier):
 @pytest.mark.parametrize("step, words", [
     ('{method = "moefy", experts = 7}', "does not divide the FFN width 128"),
     ('{method = "dynamic-k", threshold = 1.5}', "outside [0, 1]"),
+    ('{method = "sparsify", distill = "labels"}', "distill = 'labels' is not one of"),
+    ('{method = "dynamic-k", fidelity = "accuracy"}', "fidelity = 'accuracy' is not one of"),
+    ('{method = "dynamic-k", threshold = 0.3, max_share = 0.4}', "give max_share or threshold(s), not both"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, step, words):
     model_dir = save_tiny_encoder("bert", tmp_path / "m")

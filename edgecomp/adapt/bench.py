@@ -28,30 +28,30 @@ TASKS = {  # name -> (adapt task, train file, dev file) under the data folder
 MEMORY_RANK = 16
 
 
-def row_key(task: str, method: str, rank, steps: int, dev_rows) -> str:
-    return f"{task}-{method}-r{rank or 0}-s{steps}-d{dev_rows or 'all'}"
+def row_key(task: str, method: str, rank, steps: int, dev_rows, seed: int = 0) -> str:
+    return f"{task}-{method}-r{rank or 0}-s{steps}-d{dev_rows or 'all'}" + (f"-seed{seed}" if seed else "")
 
 
 def quality_row(base, tokenizer, task: str, method: str, rank, steps: int, train_data, dev_data, cache: Path,
-                adapters: Path, dev_rows, log) -> dict:
+                adapters: Path, dev_rows, log, seed: int = 0) -> dict:
     """Train one method on one task (a copy of the base), evaluate on dev; the row, cached."""
     from .modules import module_state
     from .onnx import adapter_tensors, write_onnx_adapter
     from .train import evaluate, label_names, train
 
-    key = row_key(task, method, rank, steps, dev_rows)
+    key = row_key(task, method, rank, steps, dev_rows, seed)
     hit = cache / f"{key}.json"
     if hit.is_file():
-        return json.loads(hit.read_text())
+        return {"seed": 0, **json.loads(hit.read_text())}
     kind = TASKS[task][0]
-    cfg = AdaptConfig(method=method, rank=rank or 1, task=kind, steps=steps)
+    cfg = AdaptConfig(method=method, rank=rank or 1, task=kind, steps=steps, seed=seed)
     model = copy.deepcopy(base)
     labels = label_names(train_data) if kind == "classification" else None
     log(f"{key}: train")
     t0 = time.time()
     head, res = train(model, tokenizer, cfg, train_data, labels)
     quality = evaluate(model, tokenizer, kind, dev_data, head, labels)
-    row = {"task": task, "method": method, "rank": rank, "steps": steps, "lr": cfg.learning_rate,
+    row = {"task": task, "method": method, "rank": rank, "steps": steps, "seed": seed, "lr": cfg.learning_rate,
            "trainable_params": res.trainable_params, **{f"train_{k}": v for k, v in res.to_json().items()
                                                          if k not in ("trainable_params", "steps")},
            "quality": quality, "dev_rows": len(dev_data), "seconds": round(time.time() - t0, 1)}
@@ -217,7 +217,7 @@ def memory_block(model_name: str, adapters: list[Path], work: Path, repeats: int
 
 
 def run(model_name: str, data_dir: Path, out_dir: Path, steps: int = 40, dev_rows: int | None = 500,
-        tasks=("sst2", "sts"), rows=ROWS, repeats: int = 3, memory: bool = True, log=print) -> dict:
+        tasks=("sst2", "sts"), rows=ROWS, repeats: int = 3, memory: bool = True, seeds=(0,), log=print) -> dict:
     import torch
 
     from ..models import load_model, resolve_model
@@ -233,9 +233,10 @@ def run(model_name: str, data_dir: Path, out_dir: Path, steps: int = 40, dev_row
         train_data = read_task_data(data_dir / train_file, kind)
         dev_data = subset(read_task_data(data_dir / dev_file, kind, "dev"), dev_rows)
         for method, rank in rows:
-            results.append(quality_row(loaded.model, loaded.tokenizer, task, method, rank, steps, train_data, dev_data,
-                                       cache, adapters, dev_rows, log))
-    report = {"model": model_name, "steps": steps, "dev_rows": dev_rows, "batch": AdaptConfig().batch,
+            for seed in seeds:  # training order and initialisation: the spread between seeds is the noise of a row
+                results.append(quality_row(loaded.model, loaded.tokenizer, task, method, rank, steps, train_data, dev_data,
+                                           cache, adapters, dev_rows, log, seed))
+    report = {"model": model_name, "steps": steps, "dev_rows": dev_rows, "batch": AdaptConfig().batch, "seeds": list(seeds),
               "roles": list(AdaptConfig().roles), "rows": results, "torch_threads": 1,
               "onnxruntime": __import__("onnxruntime").__version__}
     if memory:
@@ -269,13 +270,22 @@ def markdown(report: dict) -> str:
              f"torch 1 thread)", "",
              f"Dev rows per task: {report['dev_rows'] or 'all'} (a fixed shuffle). Adapted roles: "
              f"{', '.join(report['roles'])}. Quality: SST-2 accuracy x100, STS Spearman x100 (cosine vs gold).", "",
-             "| task | method | rank | trainable params | bytes per task | quality | train s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| task | method | rank | seed | trainable params | bytes per task | quality | train s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         q = r["quality"]
-        lines.append(f"| {r['task']} | {r['method']} | {r['rank'] or '—'} | {r['trainable_params']:,} | "
+        lines.append(f"| {r['task']} | {r['method']} | {r['rank'] or '—'} | {r.get('seed', 0)} | {r['trainable_params']:,} | "
                      f"{_bytes(r['bytes_per_task'])} | {q['value']:.2f} | {r['seconds']} |")
-    xs = [r for r in report["rows"] if r.get("bytes_if_factors_per_adapter")]
+    seeds = report.get("seeds", [0])
+    if len(seeds) > 1:
+        lines += ["", f"Mean and spread over seeds {', '.join(map(str, seeds))}:", "",
+                  "| task | method | rank | quality mean | min | max |", "|---|---|---:|---:|---:|---:|"]
+        groups: dict = {}
+        for r in report["rows"]:
+            groups.setdefault((r["task"], r["method"], r["rank"]), []).append(r["quality"]["value"])
+        lines += [f"| {t} | {m} | {k or '—'} | {statistics.mean(v):.2f} | {min(v):.2f} | {max(v):.2f} |"
+                  for (t, m, k), v in groups.items()]
+    xs = [r for r in report["rows"] if r.get("bytes_if_factors_per_adapter") and r.get("seed", 0) == 0]
     if xs:
         lines += ["", "Frozen factors shared in the base vs stored per adapter (LoRA-XS .onnx_adapter bytes):", "",
                   "| task | rank | R (+ head) only | with A, B per adapter |", "|---|---:|---:|---:|"]

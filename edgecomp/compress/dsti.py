@@ -10,10 +10,11 @@
 - ``expert-gates``: per MoE layer, the gate (a linear map of the FFN input) is fitted by ridge least squares
   to each expert's output norm ||act(x W1_e^T + b1_e) W2_e^T||, on the cached inputs of the calibration text.
 - ``dynamic-k``: the threshold tau per layer (expert e runs for a token when its score >= tau * the token's
-  best score, the kernel's rule): a given ``threshold``, or the largest taus whose mean-pooled output keeps
-  ``budget`` (cosine against the same model with every expert running) on the held-aside calibration text
-  (the last ``holdout`` share, which the other steps do not train on). The taus and the experts' share on
-  that text land in the step report (the manifest's compression block).
+  best score, the kernel's rule): a given ``threshold``, or the largest taus that keep ``budget`` of
+  ``fidelity`` against the same model with every expert running, on the held-aside calibration text (the last
+  ``holdout`` share, which the other steps do not train on): the mean-pooled cosine for an encoder, the share
+  of unchanged predictions for a classifier. The taus and the experts' share on that text land in the step
+  report (the manifest's compression block).
 
 Exported, every MoE layer is one ``edgecomp.MoEFeedForward`` node (edgecomp/lower/moe.py): int8 experts
 run by the custom-op kernel, whose cost follows the experts each token runs.
@@ -66,6 +67,9 @@ def _outputs_pass(model: nn.Module, cal: Calibration, modules: list[nn.Module], 
 
 # --------------------------------------------------------------------------------------------------
 # sparsify
+DISTILL_TARGETS = ("auto", "hidden", "logits", "hidden+logits")
+
+
 @dataclass
 class SparsifyConfig:
     steps: int = 100
@@ -73,8 +77,16 @@ class SparsifyConfig:
     l1: float = 0.2  # weight of mean |FFN activation| against the distillation MSE (relative to the target's power)
     batch_size: int = 16
     zero: float = 0.01  # |activation| below this counts as zero in the report
+    # what the fine-tune keeps of the dense model: "hidden" (the last hidden state, every token), "logits"
+    # (a classifier's decision: KL of the softened class distributions), "hidden+logits", or "auto" (logits
+    # too when the model has a classification head)
+    distill: str = "hidden"
+    temperature: float = 2.0  # softens the logits' distributions for the KL term
 
     def __post_init__(self):
+        check(self.distill in DISTILL_TARGETS, f"distill = {self.distill!r} is not one of {', '.join(DISTILL_TARGETS)}",
+              'use distill = "auto"')
+        check(self.temperature > 0, f"temperature = {self.temperature} is not positive", "use e.g. temperature = 2.0")
         check(self.steps >= 1, f"steps = {self.steps} is below 1", "use steps >= 1, e.g. 100")
         check(self.lr > 0, f"lr = {self.lr} is not positive", "use e.g. lr = 5e-5")
         check(self.l1 >= 0, f"l1 = {self.l1} is negative", "use l1 >= 0, e.g. 0.05")
@@ -100,9 +112,30 @@ def activation_sparsity(model: nn.Module, cal: Calibration, zero: float, method:
     return counts[0] / max(counts[1], 1)
 
 
-def sparsify(model: nn.Module, cfg: SparsifyConfig, calibration: Calibration | None) -> StepReport:
-    from .base import last_hidden_state
+@torch.no_grad()
+def _has_class_head(model: nn.Module, batch: dict) -> bool:
+    """A classifier's outputs are class logits (a causal LM's logits are next-token ones)."""
+    return getattr(model(**batch), "logits", None) is not None and not hasattr(model, "lm_head")
 
+
+def _distill_targets(model: nn.Module, cfg: SparsifyConfig, batch: dict) -> tuple[bool, bool]:
+    """(hidden, logits): which of the dense model's outputs the fine-tune keeps."""
+    if cfg.distill != "auto":
+        return "hidden" in cfg.distill, "logits" in cfg.distill
+    return True, _has_class_head(model, batch)
+
+
+def _forward(model: nn.Module, batch: dict, logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(last hidden state, logits or None) in one forward pass."""
+    if not logits:
+        from .base import last_hidden_state
+
+        return last_hidden_state(model, batch), None
+    out = model(**batch, output_hidden_states=True)
+    return out.hidden_states[-1], out.logits
+
+
+def sparsify(model: nn.Module, cfg: SparsifyConfig, calibration: Calibration | None) -> StepReport:
     cal, _ = split_calibration(require_calibration(calibration, "sparsify"))
     acts = _activation_modules(model, "sparsify")
     rep = StepReport("sparsify", asdict(cfg), params_before=n_params(model), params_after=n_params(model))
@@ -111,11 +144,13 @@ def sparsify(model: nn.Module, cfg: SparsifyConfig, calibration: Calibration | N
     for p in teacher.parameters():
         p.requires_grad_(False)
     batches = list(cal.batches(cfg.batch_size))
+    keep_hidden, keep_logits = _distill_targets(model, cfg, batches[0])
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     store: list[torch.Tensor] = []
     mask = {}
     hs = [a.register_forward_hook(lambda _m, _i, out: store.append(_real_tokens(out, mask["m"]))) for a in acts]
+    T = cfg.temperature
     # eval mode while training: dropout would add noise the distillation then chases (and the MSE would
     # not start at zero); the gradients are the same either way
     losses = []
@@ -125,25 +160,36 @@ def sparsify(model: nn.Module, cfg: SparsifyConfig, calibration: Calibration | N
             mask["m"] = b["attention_mask"]
             m = b["attention_mask"].unsqueeze(-1).float()
             with torch.no_grad():
-                want = last_hidden_state(teacher, b)
+                want, want_logits = _forward(teacher, b, keep_logits)
             store.clear()
-            got = last_hidden_state(model, b)
+            got, got_logits = _forward(model, b, keep_logits)
             mse = (((got - want) ** 2) * m).sum() / (m.sum() * got.shape[-1])
             l1 = torch.stack([a.abs().mean() for a in store]).mean()
-            loss = mse / want.pow(2).mean().clamp_min(1e-12) + cfg.l1 * l1
+            loss = cfg.l1 * l1
+            if keep_hidden:
+                loss = loss + mse / want.pow(2).mean().clamp_min(1e-12)
+            kl = torch.zeros(())
+            if keep_logits:
+                # T^2 keeps the gradient's scale independent of the temperature (Hinton et al., 2015)
+                kl = torch.nn.functional.kl_div(torch.log_softmax(got_logits / T, -1), torch.log_softmax(want_logits / T, -1),
+                                                log_target=True, reduction="batchmean") * T * T
+                loss = loss + kl
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append((float(mse.detach()), float(l1.detach())))
+            losses.append((float(mse.detach()), float(l1.detach()), float(kl.detach())))
     finally:
         for h in hs:
             h.remove()
         model.eval()
     rep.details = {"activation_sparsity_before": round(before, 4),
                    "activation_sparsity_after": round(activation_sparsity(model, cal, cfg.zero), 4),
+                   "distilled": "+".join(k for k, on in (("hidden", keep_hidden), ("logits", keep_logits)) if on),
                    "mse_first_last": [round(losses[0][0], 6), round(losses[-1][0], 6)],
                    "l1_first_last": [round(losses[0][1], 5), round(losses[-1][1], 5)],
                    "train_texts": len(cal.texts)}
+    if keep_logits:
+        rep.details["kl_first_last"] = [round(losses[0][2], 6), round(losses[-1][2], 6)]
     rep.modules = [f"{type(a).__name__}" for a in acts[:1]]
     return rep
 
@@ -321,21 +367,37 @@ def expert_gates(model: nn.Module, cfg: ExpertGatesConfig, calibration: Calibrat
 TAU_GRID = [0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9]
 
 
+FIDELITY = ("auto", "pooled-cosine", "logits-agreement")
+
+
 @dataclass
 class DynamicKConfig:
     threshold: float | None = None  # one tau for every layer (no search)
     thresholds: list = field(default_factory=list)  # one tau per MoE layer (no search)
-    budget: float = 0.99  # else: the mean-pooled cosine vs every expert running that the search keeps
+    budget: float = 0.99  # else: the fidelity vs every expert running that the search keeps
+    # what the budget measures on the held-aside text: "pooled-cosine" (mean-pooled last hidden state, the
+    # embedding a sentence encoder ships), "logits-agreement" (share of texts whose predicted class stays,
+    # what a classifier's user sees), or "auto" (logits-agreement when the model has a classification head)
+    fidelity: str = "auto"
+    # or a compute budget: the highest-fidelity taus whose mean expert share on the held-aside text is at most
+    # this (greedy: each round raises the one layer's tau that loses the least fidelity per share saved)
+    max_share: float | None = None
     per_layer: bool = True  # the search refines each layer's tau after the common one
     grid: list = field(default_factory=lambda: list(TAU_GRID))
 
     def __post_init__(self):
+        check(self.fidelity in FIDELITY, f"fidelity = {self.fidelity!r} is not one of {', '.join(FIDELITY)}",
+              'use fidelity = "auto"')
         taus = ([self.threshold] if self.threshold is not None else []) + list(self.thresholds) + list(self.grid)
         for t in taus:
             check(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0,
                   f"threshold {t!r} is outside [0, 1]", "use a tau in [0, 1] (0 runs every expert)")
         check(self.threshold is None or not self.thresholds, "give threshold or thresholds, not both",
               "one tau for all layers (threshold) or one per layer (thresholds)")
+        check(self.max_share is None or 0.0 < self.max_share <= 1.0, f"max_share = {self.max_share} is outside (0, 1]",
+              "use a share of the experts, e.g. max_share = 0.45")
+        check(self.max_share is None or (self.threshold is None and not self.thresholds),
+              "give max_share or threshold(s), not both", "a fixed tau or a compute budget for the search")
         check(0.0 < self.budget <= 1.0, f"budget = {self.budget} is outside (0, 1]", "use a cosine, e.g. budget = 0.99")
         check(bool(self.grid), "grid is empty", "list the taus the search tries, e.g. grid = [0.1, 0.2, 0.3]")
 
@@ -372,6 +434,66 @@ def _cos(ref: torch.Tensor, model: nn.Module, cal: Calibration) -> float:
     return float(nn.functional.cosine_similarity(ref, pooled_embeddings(model, cal), dim=-1).mean())
 
 
+def _predictions(model: nn.Module, cal: Calibration) -> torch.Tensor:
+    return torch.cat([model(**b).logits.argmax(-1) for b in cal.batches()])
+
+
+def _taus_for_share(model, layers, held: Calibration, cfg: DynamicKConfig, set_taus) -> list[float]:
+    """Raise one layer's tau per round, the one losing the least fidelity per unit of expert share saved,
+    until the mean share on the held-aside text is at most ``cfg.max_share`` (or every tau is at the grid's top)."""
+    n = len(layers)
+    grid = sorted(set(float(t) for t in cfg.grid) | {0.0})
+    taus = [0.0] * n
+    set_taus(taus)
+    fidelity = _Fidelity(cfg.fidelity, model, held)
+
+    def share_of(trial):
+        set_taus(trial)
+        return sum(expert_share(model, held)) / n
+
+    share, fid = share_of(taus), 1.0
+    while share > cfg.max_share:
+        best = None
+        for i in range(n):
+            up = [t for t in grid if t > taus[i]]
+            if not up:
+                continue
+            trial = list(taus)
+            trial[i] = up[0]
+            s = share_of(trial)
+            f = fidelity()
+            cost = (fid - f) / max(share - s, 1e-6)
+            if best is None or cost < best[0]:
+                best = (cost, trial, s, f)
+        if best is None:
+            break
+        _, taus, share, fid = best
+    set_taus(taus)
+    return taus
+
+
+class _Fidelity:
+    """The budget's yardstick on the held-aside text, against the same model with every expert running."""
+
+    def __init__(self, kind: str, model: nn.Module, held: Calibration):
+        head = _has_class_head(model, next(held.batches()))
+        self.kind = kind if kind != "auto" else ("logits-agreement" if head else "pooled-cosine")
+        if self.kind == "logits-agreement" and not head:
+            raise EdgecompError("dynamic-k: fidelity = \"logits-agreement\" needs a classification head, and this model has none",
+                                'use fidelity = "auto" (the mean-pooled cosine for an encoder)')
+        self.model, self.held = model, held
+        self.ref = self._outputs()
+
+    def _outputs(self) -> torch.Tensor:
+        return _predictions(self.model, self.held) if self.kind == "logits-agreement" else pooled_embeddings(self.model, self.held)
+
+    def __call__(self) -> float:
+        got = self._outputs()
+        if self.kind == "logits-agreement":
+            return float((got == self.ref).float().mean())
+        return float(nn.functional.cosine_similarity(self.ref, got, dim=-1).mean())
+
+
 @torch.no_grad()
 def dynamic_k(model: nn.Module, cfg: DynamicKConfig, calibration: Calibration | None) -> StepReport:
     layers = _require_moe(model, "dynamic-k")
@@ -389,16 +511,19 @@ def dynamic_k(model: nn.Module, cfg: DynamicKConfig, calibration: Calibration | 
     if cfg.threshold is not None or cfg.thresholds:
         taus = list(cfg.thresholds) or [cfg.threshold] * n
         chosen = "given"
+    elif cfg.max_share is not None:
+        held = require_calibration(held, "dynamic-k")
+        taus, chosen = _taus_for_share(model, layers, held, cfg, set_taus), "search (max_share)"
     else:
         held = require_calibration(held, "dynamic-k")
         set_taus([0.0] * n)
-        ref = pooled_embeddings(model, held)
+        fidelity = _Fidelity(cfg.fidelity, model, held)
         grid = sorted(set(float(t) for t in cfg.grid) | {0.0})
         # the common tau: the largest grid value that keeps the budget
         best = 0.0
         for t in grid:
             set_taus([t] * n)
-            if _cos(ref, model, held) >= cfg.budget:
+            if fidelity() >= cfg.budget:
                 best = t
             else:
                 break
@@ -414,7 +539,7 @@ def dynamic_k(model: nn.Module, cfg: DynamicKConfig, calibration: Calibration | 
                     trial = list(taus)
                     trial[i] = up[0]
                     set_taus(trial)
-                    if _cos(ref, model, held) >= cfg.budget:
+                    if fidelity() >= cfg.budget:
                         taus, moved = trial, True
         chosen = "search"
     set_taus(taus)
@@ -423,9 +548,10 @@ def dynamic_k(model: nn.Module, cfg: DynamicKConfig, calibration: Calibration | 
     if held is not None:
         set_taus([0.0] * n)
         ref = pooled_embeddings(model, held)
+        kind = _Fidelity(cfg.fidelity, model, held)
         set_taus(taus)
         rep.details.update({"held_texts": len(held.texts), "held_cos_vs_all_experts": round(_cos(ref, model, held), 5),
-                            **ffn_macs_per_token(model, held)})
+                            "fidelity": kind.kind, "held_fidelity": round(kind(), 5), **ffn_macs_per_token(model, held)})
     rep.modules = [name for name, _ in layers]
     return rep
 
