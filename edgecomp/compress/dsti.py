@@ -1,8 +1,10 @@
 """DSTI (dense -> sparse mixture of experts with a dynamic expert count): four registered steps, in order.
 
 - ``sparsify``: a short fine-tune that makes the FFN activations sparse (L1 on them) while distilling the
-  dense model's last hidden state (MSE to a frozen copy), on the calibration text. Sparse activations are
-  what lets a few experts carry a token: the neurons left out are the ones near zero anyway.
+  dense model's last hidden state (MSE to a frozen copy), on the calibration text (``distill`` adds or
+  swaps in a classifier's logits, KL at a temperature). Sparse activations are what lets a few experts carry
+  a token: the neurons left out are the ones near zero anyway. A fine-tuned classifier may do better
+  without this step (results/dsti/dsti_classifier_*.toml): moefy and the gates need no training of the model.
 - ``moefy``: per block, the FFN's neurons -> ``experts`` groups of equal size by co-activation (balanced
   k-means on each neuron's |activation| over calibration tokens), and the FFN (ffn-up, ffn_activation,
   ffn-down of the family's adapter) -> ``MoEFeedForward`` (compress/moe.py) over the permuted W1 rows / W2
