@@ -32,7 +32,8 @@ from torch import nn
 
 from ..errors import EdgecompError
 from . import METHODS
-from .base import Calibration, StepReport, check, n_params, pooled_embeddings, require_calibration, set_submodule, visit_module_inputs
+from .base import (Calibration, StepReport, check, last_hidden_state, n_params, pooled_embeddings, require_calibration,
+                   set_submodule, visit_module_inputs)
 from .moe import MoEFeedForward, activation_name, ffn_modules, moe_layers
 
 HOLDOUT = 0.25  # the calibration text's last share: dynamic-k's held-aside text, unseen by the other steps
@@ -130,8 +131,6 @@ def _distill_targets(model: nn.Module, cfg: SparsifyConfig, batch: dict) -> tupl
 def _forward(model: nn.Module, batch: dict, logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(last hidden state, logits or None) in one forward pass."""
     if not logits:
-        from .base import last_hidden_state
-
         return last_hidden_state(model, batch), None
     out = model(**batch, output_hidden_states=True)
     return out.hidden_states[-1], out.logits
@@ -449,11 +448,7 @@ def _taus_for_share(model, layers, held: Calibration, cfg: DynamicKConfig, set_t
     set_taus(taus)
     fidelity = _Fidelity(cfg.fidelity, model, held)
 
-    def share_of(trial):
-        set_taus(trial)
-        return sum(expert_share(model, held)) / n
-
-    share, fid = share_of(taus), 1.0
+    fid, share = fidelity.with_share(layers)
     while share > cfg.max_share:
         best = None
         for i in range(n):
@@ -462,8 +457,8 @@ def _taus_for_share(model, layers, held: Calibration, cfg: DynamicKConfig, set_t
                 continue
             trial = list(taus)
             trial[i] = up[0]
-            s = share_of(trial)
-            f = fidelity()
+            set_taus(trial)
+            f, s = fidelity.with_share(layers)
             cost = (fid - f) / max(share - s, 1e-6)
             if best is None or cost < best[0]:
                 best = (cost, trial, s, f)
@@ -489,11 +484,38 @@ class _Fidelity:
     def _outputs(self) -> torch.Tensor:
         return _predictions(self.model, self.held) if self.kind == "logits-agreement" else pooled_embeddings(self.model, self.held)
 
-    def __call__(self) -> float:
-        got = self._outputs()
+    def _score(self, got: torch.Tensor) -> float:
         if self.kind == "logits-agreement":
             return float((got == self.ref).float().mean())
         return float(nn.functional.cosine_similarity(self.ref, got, dim=-1).mean())
+
+    def __call__(self) -> float:
+        return self._score(self._outputs())
+
+    def with_share(self, layers) -> tuple[float, float]:
+        """(fidelity, mean expert share over the layers) from one pass over the held-aside text."""
+        acc = [0.0, 0]
+        mask = {}
+
+        def visit(mod, _i, _out):
+            sel = _real_tokens(mod.last_selection, mask["m"]).float()
+            acc[0] += float(sel.sum())
+            acc[1] += sel.numel()
+
+        hs = [m.register_forward_hook(visit) for _, m in layers]
+        outs = []
+        try:
+            for b in self.held.batches():
+                mask["m"] = b["attention_mask"]
+                if self.kind == "logits-agreement":
+                    outs.append(self.model(**b).logits.argmax(-1))
+                else:
+                    h, m = last_hidden_state(self.model, b), b["attention_mask"].unsqueeze(-1).float()
+                    outs.append(nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1))
+        finally:
+            for h in hs:
+                h.remove()
+        return self._score(torch.cat(outs)), acc[0] / max(acc[1], 1)
 
 
 @torch.no_grad()
