@@ -117,8 +117,9 @@ def activation_sparsity(model: nn.Module, cal: Calibration, zero: float, method:
 
 @torch.no_grad()
 def _has_class_head(model: nn.Module, batch: dict) -> bool:
-    """A classifier's outputs are class logits (a causal LM's logits are next-token ones)."""
-    return getattr(model(**batch), "logits", None) is not None and not hasattr(model, "lm_head")
+    """A sequence classifier's logits are one row per text; a causal LM's or a token classifier's, one per token."""
+    logits = getattr(model(**batch), "logits", None)
+    return logits is not None and logits.dim() == 2
 
 
 def _distill_targets(model: nn.Module, cfg: SparsifyConfig, batch: dict) -> tuple[bool, bool]:
