@@ -247,3 +247,15 @@ def test_slots_sit_behind_the_bias_add(export_dir):
         joins = [n for n in g.node if n.name.startswith("/adapter/") and n.name.endswith("/Add") and "/head/" not in n.name]
         assert len(joins) == 12
         assert all(producer[n.input[0]].op_type == "Add" for n in joins), name
+
+
+def test_bench_markdown_summarizes_the_seeds():
+    """The adapter bench trains a row once per seed; its table gives each run and the mean / spread per method."""
+    from edgecomp.adapt.bench import markdown
+
+    rows = [{"task": "sst2", "method": "lora-xs", "rank": 16, "seed": s, "trainable_params": 9986, "bytes_per_task": 44_000,
+             "quality": {"metric": "accuracy", "value": v}, "seconds": 1.0} for s, v in ((0, 85.0), (1, 86.0), (2, 84.0))]
+    text = markdown({"model": "m", "steps": 400, "batch": 16, "dev_rows": 2000, "roles": ["query"], "rows": rows,
+                     "seeds": [0, 1, 2]})
+    assert "| sst2 | lora-xs | 16 | 2 | 9,986 |" in text
+    assert "| sst2 | lora-xs | 16 | 85.00 | 84.00 | 86.00 |" in text
