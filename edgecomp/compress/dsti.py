@@ -440,6 +440,14 @@ def _predictions(model: nn.Module, cal: Calibration) -> torch.Tensor:
     return torch.cat([model(**b).logits.argmax(-1) for b in cal.batches()])
 
 
+def _one_step_up(taus: list[float], grid: list[float], only: int | None = None):
+    """Each layer's taus with that layer (or only layer ``only``) one grid step higher, where it can go."""
+    for i in range(len(taus)) if only is None else (only,):
+        up = [t for t in grid if t > taus[i]]
+        if up:
+            yield [*taus[:i], up[0], *taus[i + 1:]]
+
+
 def _taus_for_share(model, layers, held: Calibration, cfg: DynamicKConfig, set_taus) -> list[float]:
     """Raise one layer's tau per round, the one losing the least fidelity per unit of expert share saved,
     until the mean share on the held-aside text is at most ``cfg.max_share`` (or every tau is at the grid's top)."""
@@ -452,12 +460,7 @@ def _taus_for_share(model, layers, held: Calibration, cfg: DynamicKConfig, set_t
     fid, share = fidelity.with_share(layers)
     while share > cfg.max_share:
         best = None
-        for i in range(n):
-            up = [t for t in grid if t > taus[i]]
-            if not up:
-                continue
-            trial = list(taus)
-            trial[i] = up[0]
+        for trial in _one_step_up(taus, grid):
             set_taus(trial)
             f, s = fidelity.with_share(layers)
             cost = (fid - f) / max(share - s, 1e-6)
@@ -558,11 +561,9 @@ def dynamic_k(model: nn.Module, cfg: DynamicKConfig, calibration: Calibration | 
             while moved:
                 moved = False
                 for i in range(n):
-                    up = [t for t in grid if t > taus[i]]
-                    if not up:
+                    trial = next((t for t in _one_step_up(taus, grid, only=i)), None)
+                    if trial is None:
                         continue
-                    trial = list(taus)
-                    trial[i] = up[0]
                     set_taus(trial)
                     if fidelity() >= cfg.budget:
                         taus, moved = trial, True
