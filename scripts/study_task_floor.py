@@ -53,7 +53,7 @@ def main():
     if args.domain_files:
         args.domain_files.mkdir(parents=True, exist_ok=True)
         tf.ranking_corpus(args.domain_files / "ranking-corpus.txt")
-        cal = tf.study_texts(args.quick).calibration[:512]
+        cal = tf.study_texts(args.quick).calibration[:tf.CALIBRATION_TEXTS]
         write_text_atomic(args.domain_files / "calibration.txt", "\n".join(cal) + "\n")
         print(f"wrote {args.domain_files / 'ranking-corpus.txt'} and {args.domain_files / 'calibration.txt'}")
         return

@@ -432,10 +432,6 @@ def ffn_macs_per_token(model: nn.Module, cal: Calibration) -> dict:
             "ratio": round(macs / dense, 4), "expert_share": share}
 
 
-def _cos(ref: torch.Tensor, model: nn.Module, cal: Calibration) -> float:
-    return float(nn.functional.cosine_similarity(ref, pooled_embeddings(model, cal), dim=-1).mean())
-
-
 def _predictions(model: nn.Module, cal: Calibration) -> torch.Tensor:
     return torch.cat([model(**b).logits.argmax(-1) for b in cal.batches()])
 
@@ -497,29 +493,23 @@ class _Fidelity:
         return self._score(self._outputs())
 
     def with_share(self, layers) -> tuple[float, float]:
-        """(fidelity, mean expert share over the layers) from one pass over the held-aside text."""
+        """(fidelity, mean expert share over the layers' real tokens) from one pass over the held-aside text."""
         acc = [0.0, 0]
         mask = {}
 
-        def visit(mod, _i, _out):
+        def count(mod, _i, _out):
             sel = _real_tokens(mod.last_selection, mask["m"]).float()
             acc[0] += float(sel.sum())
             acc[1] += sel.numel()
 
-        hs = [m.register_forward_hook(visit) for _, m in layers]
-        outs = []
+        hs = [self.model.register_forward_pre_hook(lambda _m, _a, kw: mask.update(m=kw["attention_mask"]), with_kwargs=True)]
+        hs += [m.register_forward_hook(count) for _, m in layers]
         try:
-            for b in self.held.batches():
-                mask["m"] = b["attention_mask"]
-                if self.kind == "logits-agreement":
-                    outs.append(self.model(**b).logits.argmax(-1))
-                else:
-                    h, m = last_hidden_state(self.model, b), b["attention_mask"].unsqueeze(-1).float()
-                    outs.append(nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1))
+            fid = self()
         finally:
             for h in hs:
                 h.remove()
-        return self._score(torch.cat(outs)), acc[0] / max(acc[1], 1)
+        return fid, acc[0] / max(acc[1], 1)
 
 
 @torch.no_grad()
@@ -573,11 +563,13 @@ def dynamic_k(model: nn.Module, cfg: DynamicKConfig, calibration: Calibration | 
                    "layers": [name for name, _ in layers]}
     if held is not None:
         set_taus([0.0] * n)
-        ref = pooled_embeddings(model, held)
-        kind = _Fidelity(cfg.fidelity, model, held)
+        fidelity = _Fidelity(cfg.fidelity, model, held)
+        cosine = fidelity if fidelity.kind == "pooled-cosine" else _Fidelity("pooled-cosine", model, held)
         set_taus(taus)
-        rep.details.update({"held_texts": len(held.texts), "held_cos_vs_all_experts": round(_cos(ref, model, held), 5),
-                            "fidelity": kind.kind, "held_fidelity": round(kind(), 5), **ffn_macs_per_token(model, held)})
+        held_fidelity = fidelity()
+        rep.details.update({"held_texts": len(held.texts), "fidelity": fidelity.kind, "held_fidelity": round(held_fidelity, 5),
+                            "held_cos_vs_all_experts": round(held_fidelity if cosine is fidelity else cosine(), 5),
+                            **ffn_macs_per_token(model, held)})
     rep.modules = [name for name, _ in layers]
     return rep
 

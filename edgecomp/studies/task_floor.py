@@ -118,6 +118,7 @@ COMBOS: dict[str, Combo] = {
 QUICK = ["int8", "rtn-b32", "gptq-b32", "rtn-b128", "gptq-b128", "hqq-b128", "rtn-b32+ffn-hqq2", "uniform2-table",
          "freq4096-int2b64", "trim8192-nearest", "trim8192+gptq-b128", "trim8192-builtin+gptq-b128"]
 PEERS = {"ORT int8 (optimum)": 23.0e6, "LiteRT int8": 23.5e6}
+CALIBRATION_TEXTS = 512  # SST-2 train sentences the data-aware steps (distillation, GPTQ) run on
 SMALL_BYTES = 14.3e6  # the `small` recipe's model.onnx (README)
 
 
@@ -180,7 +181,7 @@ def setup(work: Path, quick: bool, sts_pairs: int | None = None):
     tok = AutoTokenizer.from_pretrained(mdir, local_files_only=True)
     base = AutoModel.from_pretrained(mdir, local_files_only=True, torch_dtype=torch.float32).eval()
     texts = study_texts(quick)
-    texts.calibration = texts.calibration[:512]
+    texts.calibration = texts.calibration[:CALIBRATION_TEXTS]
     proto = Protocol(tok, base, texts, subset(read_sts("dev"), sts_pairs), ranking_corpus(work / "ranking-corpus.txt"))
     proto.reference.update(proto.embeds(lambda t: embed_torch(base, tok, t)))
     return proto
