@@ -90,6 +90,54 @@ def test_compute_budget_search_meets_the_expert_share(max_share):
     assert 0 < d["ratio"] < (0.75 if max_share > 0.5 else 0.5)
 
 
+def test_distill_after_dynamic_k_trains_with_the_routing_in_the_loop():
+    """A distill step after dynamic-k trains each block with its skipped experts skipped: the MoE model comes
+    closer to the dense one on the calibration text while the taus, and so the skipping, stay."""
+    cal = calibration()
+    routed = GATED + [{"method": "dynamic-k", "threshold": 0.6}]
+    model = tiny_bert()
+    report = compress_model(model, routed + [{"method": "distill", "steps": 40, "lr": 2e-3}], cal)
+    dk, distill = report["steps"][-2:]
+    assert distill["fidelity"]["calibration"]["cos_mean"] > dk["fidelity"]["calibration"]["cos_mean"]
+    assert all(m["after"] < m["before"] for m in distill["fidelity"]["block_mse"].values())
+    layers = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+    assert [m.threshold for m in layers] == [0.6, 0.6]
+    assert ffn_macs_per_token(model, cal)["ratio"] < 0.8
+
+
+def test_fake_int8_forward_rounds_as_the_int8_kernel_and_passes_gradients():
+    """Quant-aware distillation's fake quantization switches a MoE layer to the int8 kernel's contract
+    (edgecomp.kernels.moe_reference with int8 weights and activations, on the int8 gate's scores), not the
+    float one, with gradients; removing it restores the float layer."""
+    from edgecomp.compress.distill import add_fake_quant, remove_fake_quant
+    from edgecomp.kernels import moe_reference, quantize_experts
+    from edgecomp.quant import TrainView, WeightQuant
+
+    torch.manual_seed(0)
+    e, d, h = 4, 16, 32
+    layer = MoEFeedForward(torch.randn(e, d, h) / h ** 0.5, 0.1 * torch.randn(e, d), torch.randn(e, h, d) / d ** 0.5,
+                           0.1 * torch.randn(h), "gelu", threshold=0.5)
+    with torch.no_grad():
+        layer.gate.weight.normal_()
+    x = torch.randn(3, 10, h)
+    w = [layer.w1.detach().numpy(), layer.b1.detach().numpy(), layer.w2.detach().numpy(), layer.b2.detach().numpy()]
+    (q1, s1), (q2, s2) = quantize_experts(w[0]), quantize_experts(w[2])
+    float_scores = layer.scores(x).detach().numpy()
+    int8 = WeightQuant(8, "channel", symmetric=True)
+    done = add_fake_quant(layer, TrainView(int8, None, "dynamic-per-tensor"))
+    assert layer.fake_int8
+    scores = layer.scores(x).detach().numpy()  # the gate is an int8 MatMul in the artifact too
+    kernel = moe_reference(x.numpy(), scores, q1, s1, w[1], q2, s2, w[3], threshold=0.5, quantize_activations=True)
+    floats = moe_reference(x.numpy(), scores, w[0], np.ones((e, d)), w[1], w[2], np.ones((e, h)), w[3], threshold=0.5)
+    got = layer(x)
+    err = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())  # noqa: E731
+    assert err(got.detach().numpy(), kernel) < 1e-4 < 1e-2 < err(floats, kernel)
+    got.pow(2).sum().backward()
+    assert layer.w1.grad is not None and float(layer.w1.grad.abs().sum()) > 0
+    remove_fake_quant(done)
+    assert not layer.fake_int8 and np.array_equal(layer.scores(x).detach().numpy(), float_scores)
+
+
 def test_lowered_graph_matches_the_moe_model_with_and_without_the_library(gated, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -128,7 +176,8 @@ def test_export_cli_verifies_against_the_moe_model(tmp_path, classifier):
                                 "the story is bad", "good scene, good actor", "a long film with a dull story"] * 3))
     recipe = recipe_file(tmp_path / "r.toml", 'steps = [{method = "sparsify", steps = 3, distill = "auto"}, '
                                               '{method = "moefy", experts = 8, iterations = 3}, {method = "expert-gates"}, '
-                                              '{method = "dynamic-k", budget = 0.98}]\nformats = ["onnx"]\n')
+                                              '{method = "dynamic-k", budget = 0.98}, {method = "distill", steps = 3}]\n'
+                                              'formats = ["onnx"]\n')
     manifest = export_cli(model_dir, target, tmp_path / "out", recipe, texts)
     rec = manifest["artifacts"][0]
     check = rec["moe_verification"]  # fp32 graph vs the PyTorch MoE model: per token, or per row of logits

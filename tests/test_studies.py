@@ -71,3 +71,26 @@ def test_peer_fixed_shape_tflite_and_its_memory_probe(bert, tmp_path):
 
 def test_wikitext_detokenization():
     assert detokenize_wikitext("a @-@ b , 1 @,@ 000 ( c ) don 't it 's") == "a-b, 1,000 (c) don't it's"
+
+
+def test_dsti_recipes_rows_name_recipes_that_load_and_ratios_pair_model_and_format():
+    """The end-to-end DSTI study's rows name shipped recipes or recipe files that load, and each artifact's
+    instructions are divided by the same model's plain int8 artifact of the same format."""
+    from pathlib import Path
+
+    from edgecomp.recipes import check_steps, list_recipes, read_recipe_file
+    from edgecomp.studies.dsti_recipes import RESULTS, TEXT_FILES, default_rows, with_ratios
+
+    shipped = {r.name for r in list_recipes()}
+    for row in default_rows():
+        assert row.texts is None or row.texts in TEXT_FILES
+        if row.recipe and row.recipe not in shipped:
+            check_steps(read_recipe_file(RESULTS.parents[1] / Path(row.recipe)))
+    art = lambda path, n: {"path": path, "arm_instructions": n}  # noqa: E731
+    result = with_ratios({"rows": [
+        {"model": "a", "recipe": None, "artifacts": [art("model.onnx", 200), art("model.tflite", 100)]},
+        {"model": "b", "recipe": None, "artifacts": [art("model.onnx", 400)]},
+        {"model": "a", "recipe": "dsti", "artifacts": [art("model.onnx", 140), art("model.ort", 150)]},
+        {"model": "b", "recipe": "dsti", "label": "x", "failed": "error: ..."}]})
+    assert [a["arm_vs_int8"] for a in result["rows"][2]["artifacts"]] == [0.7, None]  # no int8 .ort row to pair
+    assert result["rows"][0]["artifacts"][1]["arm_vs_int8"] == 1.0

@@ -29,22 +29,27 @@ CHECKS: Registry[Callable[[Path, dict, dict, str], None]] = Registry("device che
 # better side: hosts without VNNI run ORT's u8 x s8 MatMul with VPMADDUBSW, whose pairwise int16 sums
 # saturate on large activations, which ARM's kernels do not. So where the two disagree, each is compared
 # with the fp32 reference, and aarch64 passes when it is no further from it than x86 is.
+# An artifact with expert routing (edgecomp.MoEFeedForward) decides per token which experts run; a gate score
+# at the threshold lands on either side under either ISA's int8 rounding, and that token then differs a lot
+# on both sides of the fp32 reference. Which tokens flip is chance, so its worst token says nothing about
+# the ISA: such an artifact is held to its mean cosine against the fp32 reference instead.
 FP32_MAX_ABS_DIFF = 1e-4
 QUANTIZED_COS_MIN = 0.98
 REFERENCE_COS_SLACK = 0.005
 
 
-def parity_ok(block: dict, precision: str) -> bool:
+def parity_ok(block: dict, precision: str, routed: bool = False) -> bool:
     if precision == "fp32":
         return block["max_abs_diff"] < FP32_MAX_ABS_DIFF
     if block["cos_min_vs_x86"] >= QUANTIZED_COS_MIN:
         return True
-    ref = block.get("cos_min_vs_reference")
+    ref = block.get("cos_mean_vs_reference" if routed else "cos_min_vs_reference")
     return bool(ref) and ref["arm64"] >= ref["x86"] - REFERENCE_COS_SLACK
 
 
 @CHECKS.register("arm64")
 def arm64_check(path: Path, record: dict, feeds: dict, cpu: str, reference: Callable[[], dict] | None = None) -> None:
+    from ..kernels import uses_edgecomp_ops
     from ..runtime import open_artifact
     from . import arm64
     from .native import measure_arm64_native
@@ -60,7 +65,7 @@ def arm64_check(path: Path, record: dict, feeds: dict, cpu: str, reference: Call
 
         feeds = tflite_feeds(path, feeds)  # + zeros for adapter slot inputs (same shape in every signature)
     block = arm64.arm64_block(path, feeds, x86, cpu=cpu, reference_outputs=reference() if reference else None)
-    block["parity_ok"] = parity_ok(block, record["precision"])
+    block["parity_ok"] = parity_ok(block, record["precision"], routed=uses_edgecomp_ops(path))
     block["native"] = native
     record["arm64"] = block
     if not block["parity_ok"]:

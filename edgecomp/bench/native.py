@@ -408,7 +408,7 @@ def measure_arm64_native(path: Path, record: dict, feeds: dict[str, np.ndarray],
     except EdgecompError as e:
         return _skipped_or_raise(e)
     block["seq_len"] = seq_len
-    diff, cos_min = _compare(outputs, x86_outputs, Path(path).name)
+    diff, cos_min, _ = _compare(outputs, x86_outputs, Path(path).name)
     block["max_abs_diff_vs_x86"] = float(f"{diff:.3g}")
     block["cos_min_vs_x86"] = round(cos_min, 6)
     return block

@@ -18,6 +18,9 @@ range per tensor), which is where int8's error comes from on MiniLM. 4-bit table
 A format that folds each LayerNorm's scale into the following Linear before quantizing (LiteRT's converter)
 has that product quantized (see layernorm_inputs).
 
+A block with a mixture-of-experts FFN (compress/dsti.py) trains as it will run: its experts' threshold stays,
+so the experts its gate skips contribute nothing and get no gradient, and the block learns to do without them.
+
 Step keys: steps (per block), lr, batch_size, quant_aware, train_tables, sequential, final_steps, max_minutes.
 """
 
@@ -37,6 +40,7 @@ from . import METHODS
 from .base import Calibration, StepReport, check, require_calibration
 from ..quant import TrainView, WeightQuant
 from .layers import FactorizedEmbedding, FrequencySplitEmbedding, KroneckerEmbedding, SmoothedLinear
+from .moe import MoEFeedForward
 
 
 @dataclass
@@ -181,6 +185,9 @@ def layernorm_inputs(model: nn.Module, batch: dict) -> dict[nn.Module, nn.LayerN
     return found
 
 
+_MOE_INT8 = object()  # add_fake_quant's record of a MoE layer switched to the kernel's int8 rounding
+
+
 def add_fake_quant(block: nn.Module, view: TrainView, folds: dict | None = None) -> list:
     """Straight-through fake quantization of ``block``'s weights (and 4-bit tables, and the activations the
     runtime quantizes) as ``view`` says the artifact stores them; undo with remove_fake_quant."""
@@ -192,6 +199,9 @@ def add_fake_quant(block: nn.Module, view: TrainView, folds: dict | None = None)
     tables = weight_quantizer(table_q) if table_q is not None else None
     act = QUANTIZED_ACTIVATIONS.get(view.activations)
     for mod in block.modules():
+        if isinstance(mod, MoEFeedForward):  # its experts always ship as int8 on edgecomp's kernel
+            mod.fake_int8 = True
+            done.append((mod, _MOE_INT8))
         table = GATHER_TABLES.get(type(mod))
         if tables is not None and table is not None:
             # 4-bit Gather tables (GatherBlockQuantized: blocks along each row) are quantized too, so the
@@ -218,7 +228,9 @@ def remove_fake_quant(done: list) -> None:
     from torch.nn.utils import parametrize
 
     for mod, what in done:  # keep the raw weights: the real quantizer runs after export
-        if isinstance(what, str):
+        if what is _MOE_INT8:
+            mod.fake_int8 = False
+        elif isinstance(what, str):
             parametrize.remove_parametrizations(mod, what, leave_parametrized=False)
         else:
             what.remove()  # an activation quantizer's hook

@@ -18,6 +18,10 @@
   of unchanged predictions for a classifier. The taus and the experts' share on that text land in the step
   report (the manifest's compression block).
 
+A ``distill`` step after dynamic-k (compress/distill.py) trains with the routing in the loop: the MoE layers
+keep their taus while their blocks learn, so the skipped experts stay skipped and the attention and the experts
+that run learn to make up for them (the shipped ``dsti`` recipe; the gates stay as fitted).
+
 Exported, every MoE layer is one ``edgecomp.MoEFeedForward`` node (edgecomp/lower/moe.py): int8 experts
 run by the custom-op kernel, whose cost follows the experts each token runs.
 """

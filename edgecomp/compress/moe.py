@@ -63,11 +63,21 @@ def selection(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return scores >= torch.tensor(threshold, dtype=scores.dtype) * scores.amax(-1, keepdim=True)
 
 
-def moe_forward(x, scores, w1, b1, w2, b2, threshold: float, activation: str) -> torch.Tensor:
-    """Y = B2 + sum over selected experts of act(x W1_e^T + B1_e) W2_e^T, computed densely then masked."""
-    pre = torch.einsum("...h,edh->...ed", x, w1) + b1
+def fake_int8_rows(t: torch.Tensor) -> torch.Tensor:
+    """The kernel's symmetric int8 per row of the last axis (scale max|row| / 127, round half to even, an
+    all-zero row stays zero), straight through: the forward sees the rounding, the gradient passes as is."""
+    scale = t.detach().abs().amax(-1, keepdim=True) / 127
+    q = torch.round(t / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp(-127, 127) * scale
+    return t + (q - t).detach()
+
+
+def moe_forward(x, scores, w1, b1, w2, b2, threshold: float, activation: str, int8: bool = False) -> torch.Tensor:
+    """Y = B2 + sum over selected experts of act(x W1_e^T + B1_e) W2_e^T, computed densely then masked.
+    ``int8``: with the int8 kernel's rounding (weights per row, X per token, hidden per token and expert)."""
+    q = fake_int8_rows if int8 else (lambda t: t)
+    pre = torch.einsum("...h,edh->...ed", q(x), q(w1)) + b1
     hid = activate(pre, activation) * selection(scores, threshold).to(x.dtype)[..., None]
-    return torch.einsum("...ed,ehd->...h", hid, w2) + b2
+    return torch.einsum("...ed,ehd->...h", q(hid), q(w2)) + b2
 
 
 class MoEFeedForward(nn.Module):
@@ -94,6 +104,8 @@ class MoEFeedForward(nn.Module):
             self.gate.weight.zero_()
             self.gate.bias.fill_(1.0)
         self.last_selection: torch.Tensor | None = None  # [..., E] of the last forward (MAC counting)
+        # eager forward with the int8 kernel's rounding (quant-aware distillation sets it while it trains)
+        self.fake_int8 = False
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.gate(x))
@@ -109,7 +121,8 @@ class MoEFeedForward(nn.Module):
             return _MoEOp.apply(x, scores, self.w1, self.s1, self.b1, self.w2, self.s2, self.b2,
                                 self.threshold, self.activation)
         self.last_selection = selection(scores, self.threshold).detach()
-        return moe_forward(x, scores, self.w1, self.b1, self.w2, self.b2, self.threshold, self.activation)
+        return moe_forward(x, scores, self.w1, self.b1, self.w2, self.b2, self.threshold, self.activation,
+                           int8=self.fake_int8)
 
     def extra_repr(self) -> str:
         return (f"experts={self.experts}, expert_size={self.expert_size}, hidden={self.hidden}, "
