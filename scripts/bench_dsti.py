@@ -77,15 +77,9 @@ def plot(result: dict, path: Path) -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in rows:
-        ax.scatter(r["arm_vs_dense_int8"], r["sts_artifact_drop"], color="C1" if r["kind"] == "dsti" else "C0")
-        ax.annotate(r["name"].replace("dsti ", ""), (r["arm_vs_dense_int8"], r["sts_artifact_drop"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.axhline(1.0, color="grey", ls="--", lw=0.8)
-    ax.axvline(0.7, color="grey", ls="--", lw=0.8)
-    ax.set_xlabel("ARM instructions per inference vs plain int8 (Cortex-A76, qemu)")
-    ax.set_ylabel("STS-B dev Spearman drop vs fp32 (points)")
-    ax.set_title(f"DSTI on {result['model']}: work vs quality")
+    dsti.draw_frontier(ax, [(r["arm_vs_dense_int8"], r["sts_artifact_drop"], r["name"].replace("dsti ", ""),
+                             r["kind"] != "dsti") for r in rows],
+                       "STS-B dev Spearman drop vs fp32 (points)", f"DSTI on {result['model']}: work vs quality")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

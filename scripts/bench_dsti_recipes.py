@@ -24,9 +24,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from edgecomp.manifest import write_text_atomic  # noqa: E402
 from edgecomp.studies import dsti_recipes  # noqa: E402
+from edgecomp.studies.dsti import draw_frontier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-GOAL = "<= 0.7x the plain int8 export's ARM instructions per inference at a task drop <= 1 point"
+GOAL = "<= 0.7x the plain int8 export's ARM instructions per inference at a task drop <= 1 point"  # draw_frontier's lines
 
 
 def _fmt_rows(result: dict):
@@ -70,14 +71,8 @@ def plot(result: dict, path: Path) -> None:
         pts = [(a["arm_vs_int8"], a["drop"], r["label"].split(": ", 1)[1]) for r in result["rows"]
                if r["model"] == model and "failed" not in r for a in r["artifacts"]
                if a["path"].endswith(".onnx") and a.get("arm_vs_int8")]
-        for x, y, name in pts:
-            ax.scatter(x, y, color="C0" if name == "int8" else "C1")
-            ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.axhline(1.0, color="grey", ls="--", lw=0.8)
-        ax.axvline(0.7, color="grey", ls="--", lw=0.8)
-        ax.set_xlabel("ARM instructions per inference vs plain int8 (Cortex-A76, qemu)")
-        ax.set_ylabel(f"{dsti_recipes.TASKS[model][0]} drop vs fp32 (points)")
-        ax.set_title(model)
+        draw_frontier(ax, [(x, y, name, name == "int8") for x, y, name in pts],
+                      f"{dsti_recipes.TASKS[model][0]} drop vs fp32 (points)", model)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -53,8 +53,7 @@ def main():
     if args.domain_files:
         args.domain_files.mkdir(parents=True, exist_ok=True)
         tf.ranking_corpus(args.domain_files / "ranking-corpus.txt")
-        cal = tf.study_texts(args.quick).calibration[:tf.CALIBRATION_TEXTS]
-        write_text_atomic(args.domain_files / "calibration.txt", "\n".join(cal) + "\n")
+        tf.calibration_file(args.domain_files / "calibration.txt", args.quick)
         print(f"wrote {args.domain_files / 'ranking-corpus.txt'} and {args.domain_files / 'calibration.txt'}")
         return
     names = args.only.split(",") if args.only is not None else (tf.QUICK if args.quick else list(tf.COMBOS))

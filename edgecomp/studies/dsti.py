@@ -62,6 +62,22 @@ def parse_rows(thresholds: list[float], budgets: list[float], variant: str = "ds
     return rows
 
 
+GOAL_ARM_RATIO, GOAL_DROP = 0.7, 1.0  # issue 18's bar: instructions vs plain int8, task points lost
+
+
+def draw_frontier(ax, points: list[tuple[float, float, str, bool]], ylabel: str, title: str) -> None:
+    """Work vs quality on one matplotlib axis: a labelled point per (instructions vs int8, drop, name, is the
+    baseline), and the goal's two lines."""
+    for x, y, name, baseline in points:
+        ax.scatter(x, y, color="C0" if baseline else "C1")
+        ax.annotate(name, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(GOAL_DROP, color="grey", ls="--", lw=0.8)
+    ax.axvline(GOAL_ARM_RATIO, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("ARM instructions per inference vs plain int8 (Cortex-A76, qemu)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
 def bench_feeds(tokenizer) -> dict[str, np.ndarray]:
     """One input of exactly SEQ tokens of real text (WikiText-2 validation, detokenized)."""
     lines = [ln.strip() for ln in (shared_data_dir() / "wikitext-2" / "wiki.valid.tokens").read_text().splitlines()

@@ -55,13 +55,10 @@ def default_rows() -> list[Row]:
 
 
 def sst2_text_file(work: Path) -> Path:
-    from .sst2_embeddings import study_texts
-    from .task_floor import CALIBRATION_TEXTS
+    from .task_floor import calibration_file
 
     path = work / "sst2-calibration.txt"
-    if not path.exists():
-        path.write_text("\n".join(study_texts(quick=True).calibration[:CALIBRATION_TEXTS]) + "\n")
-    return path
+    return path if path.exists() else calibration_file(path, quick=True)
 
 
 def sts_text_file(work: Path) -> Path:

@@ -122,6 +122,14 @@ CALIBRATION_TEXTS = 512  # SST-2 train sentences the data-aware steps (distillat
 SMALL_BYTES = 14.3e6  # the `small` recipe's model.onnx (README)
 
 
+def calibration_file(path: Path, quick: bool = True) -> Path:
+    """The study's calibration sentences (SST-2 train, the seeded split), one per line, for an export's --texts."""
+    from ..manifest import write_text_atomic
+
+    write_text_atomic(path, "\n".join(study_texts(quick).calibration[:CALIBRATION_TEXTS]) + "\n")
+    return path
+
+
 def ranking_corpus(path: Path) -> Path:
     """WikiText-2 valid (detokenized) + SST-2 train + STS train sentences, one per line."""
     from ..early_exit.data import read_labelled_tsv
