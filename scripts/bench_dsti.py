@@ -24,11 +24,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from edgecomp.bench.arm64 import env_present  # noqa: E402
-from edgecomp.manifest import write_text_atomic  # noqa: E402
+from edgecomp.manifest import save_figure_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from edgecomp.studies import dsti  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-GOAL = "<= 0.7x the ARM instructions of plain int8 at an STS drop <= 1 point"
+GOAL = f"<= {dsti.GOAL_ARM_RATIO}x the ARM instructions of plain int8 at an STS drop <= {dsti.GOAL_DROP:g} point"
 
 
 def markdown(result: dict) -> str:
@@ -81,8 +81,7 @@ def plot(result: dict, path: Path) -> None:
                              r["kind"] != "dsti") for r in rows],
                        "STS-B dev Spearman drop vs fp32 (points)", f"DSTI on {result['model']}: work vs quality")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure_atomic(fig, path, dpi=120)
 
 
 def render(out: Path, result: dict) -> None:
@@ -120,7 +119,7 @@ def main() -> None:
                             fresh=a.fresh, sparsify_steps=a.sparsify_steps, variant=a.variant,
                             log=lambda s: print(f"{time.time() - t0:7.1f}s {s}", file=sys.stderr, flush=True))
     result["command"] = "python scripts/bench_dsti.py " + " ".join(sys.argv[1:])
-    out_json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out_json, result)
     render(a.out, result)
     print(markdown(result))
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from edgecomp.manifest import write_text_atomic  # noqa: E402
+from edgecomp.manifest import save_figure_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from edgecomp.studies import dsti_recipes  # noqa: E402
-from edgecomp.studies.dsti import draw_frontier  # noqa: E402
+from edgecomp.studies.dsti import GOAL_ARM_RATIO, GOAL_DROP, draw_frontier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-GOAL = "<= 0.7x the plain int8 export's ARM instructions per inference at a task drop <= 1 point"  # draw_frontier's lines
+GOAL = f"<= {GOAL_ARM_RATIO}x the plain int8 export's ARM instructions per inference at a task drop <= {GOAL_DROP:g} point"
 
 
 def _fmt_rows(result: dict):
@@ -74,8 +74,7 @@ def plot(result: dict, path: Path) -> None:
         draw_frontier(ax, [(x, y, name, name == "int8") for x, y, name in pts],
                       f"{dsti_recipes.TASKS[model][0]} drop vs fp32 (points)", model)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure_atomic(fig, path, dpi=120)
 
 
 def render(out: Path, result: dict) -> None:
@@ -109,7 +108,7 @@ def main() -> None:
                                         log=lambda s: print(f"{time.time() - t0:7.1f}s {s}", file=sys.stderr, flush=True))
     command = "python scripts/bench_dsti_recipes.py " + " ".join(f'"{x}"' if " " in x else x for x in sys.argv[1:])
     result["commands"] = [c for c in result.get("commands", []) if c != command] + [command]
-    out_json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out_json, result)
     render(a.out, result)
     print(markdown(result))
 

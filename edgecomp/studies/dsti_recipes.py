@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..manifest import write_json_atomic, write_text_atomic
 from ..paths import shared_data_dir
 
 TASKS = {"all-minilm-l6-v2": ("sts", "sts/sts-dev.tsv"), "minilm-sst2": ("classification", "sst2/dev.tsv")}
@@ -71,7 +72,7 @@ def sts_text_file(work: Path) -> Path:
     if not path.exists():
         sentences = read_sts("train").sentences
         pick = np.random.default_rng(0).permutation(len(sentences))[:CALIBRATION_TEXTS]
-        path.write_text("\n".join(sentences[i] for i in pick) + "\n")
+        write_text_atomic(path, "\n".join(sentences[i] for i in pick) + "\n")
     return path
 
 
@@ -143,7 +144,7 @@ def run_study(out_json: Path, rows: list[Row], work: Path, jobs: int = 2, fresh:
         for fut in as_completed([pool.submit(measure_row, r, work, log) for r in todo]):
             got = fut.result()
             result["rows"] = [r for r in result["rows"] if r["label"] != got["label"]] + [got]
-            out_json.write_text(json.dumps(with_ratios(result), indent=2) + "\n")
+            write_json_atomic(out_json, with_ratios(result))
             log(f"{got['label']}: " + (got["failed"] if "failed" in got else "done"))
     order = {r.label: i for i, r in enumerate(default_rows() + rows)}
     result["rows"].sort(key=lambda r: order.get(r["label"], len(order)))
